@@ -1,0 +1,377 @@
+"""msgpack objects -> validated event rows and rejections. Pure: no sockets, no clock.
+
+The hot path is `normalise`: it runs once per event, so it avoids work the common event
+does not need (no copies of the map, JSON only when `extra` is present, slow checks only
+when a cheap bound says they could fail).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import msgpack
+
+# ts, received_at, user_id, action, value, extra (JSON text), msg_id
+Row = tuple[int, int, str | None, str, Any, str | None, str | None]
+
+MAX_ACTION_CHARS = 200
+MAX_USER_ID_CHARS = 256
+MAX_MSG_ID_CHARS = 100
+MAX_ACK_TOKEN_BYTES = 64
+# Valid event times: the Unix epoch to the end of year 9999, in milliseconds.
+MAX_TS_MS = 253_402_300_799_999
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Rough per-event memory beyond its text, used to account the buffer in bytes.
+ROW_OVERHEAD_BYTES = 200
+
+KNOWN_KEYS = frozenset({"action", "user_id", "value", "extra", "ts", "id", "sent_at"})
+UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+
+
+class Limits(NamedTuple):
+    max_event_bytes: int = 64 * 1024
+    max_extra_bytes: int = 32 * 1024
+    max_extra_depth: int = 8
+    max_batch_events: int = 10_000
+
+
+class Rejection(NamedTuple):
+    """Input that is not stored as an event: why, and the bytes to keep in quarantine."""
+
+    reason: str
+    raw: bytes
+    events: int = 1
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What one msgpack object turned into."""
+
+    rows: list[Row]
+    rejections: list[Rejection]
+    nbytes: int = 0
+    ack: bytes | str | None = None
+    wants_ack: bool = False
+
+    @property
+    def rejected_events(self) -> int:
+        return sum(r.events for r in self.rejections)
+
+
+class EventError(ValueError):
+    """One event is invalid; the message is the quarantine reason."""
+
+
+def unpack_datagram(data: bytes) -> Any:
+    """Decode exactly one msgpack object; raises one of UNPACK_ERRORS otherwise."""
+    return msgpack.unpackb(data, strict_map_key=False)
+
+
+def new_stream_unpacker(max_buffer_size: int) -> msgpack.Unpacker:
+    return msgpack.Unpacker(max_buffer_size=max_buffer_size, strict_map_key=False)
+
+
+def repack(obj: Any) -> bytes:
+    """Re-encode a decoded object for quarantine (the original bytes of one element of a
+    batch are not kept separately)."""
+    try:
+        return bytes(msgpack.packb(obj))
+    except (TypeError, ValueError, OverflowError):
+        return repr(obj).encode("utf-8", "backslashreplace")
+
+
+def decode_object(obj: Any, raw: bytes | None, received_at: int, limits: Limits) -> Decoded:
+    """Turn one top-level msgpack object (event, batch or ack envelope) into rows.
+
+    `raw` is the object's own encoding when the caller has it (a UDP datagram); it is kept
+    as is when the whole object is rejected.
+    """
+    if type(obj) is dict and "events" in obj:
+        return decode_envelope(obj, raw, received_at, limits)
+    decoded = Decoded([], [])
+    if type(obj) is dict:
+        add_event(decoded, obj, raw, received_at, limits)
+    elif type(obj) is list:
+        add_batch(decoded, obj, raw, received_at, limits)
+    else:
+        reason = f"expected an event map or an array of event maps, got {type_name(obj)}"
+        decoded.rejections.append(Rejection(reason, raw if raw is not None else repack(obj)))
+    return decoded
+
+
+def decode_envelope(
+    envelope: dict[Any, Any], raw: bytes | None, received_at: int, limits: Limits
+) -> Decoded:
+    """`{"events": [...], "ack": TOKEN}`: a batch that asks to be acknowledged."""
+    decoded = Decoded([], [])
+    token = envelope.get("ack")
+    problem = envelope_problem(envelope, token)
+    if problem:
+        decoded.rejections.append(Rejection(problem, raw if raw is not None else repack(envelope)))
+        return decoded
+    decoded.ack = token
+    decoded.wants_ack = token is not None
+    add_batch(decoded, envelope["events"], None, received_at, limits)
+    return decoded
+
+
+def envelope_problem(envelope: dict[Any, Any], token: Any) -> str | None:
+    extra_keys = set(envelope) - {"events", "ack"}
+    if extra_keys:
+        return f"unexpected key(s) in batch envelope: {sorted(map(str, extra_keys))}"
+    if type(envelope["events"]) is not list:
+        return f"envelope events must be an array, got {type_name(envelope['events'])}"
+    if token is None:
+        return None
+    if type(token) is bytes:
+        size = len(token)
+    elif type(token) is str:
+        size = len(token.encode("utf-8"))
+    else:
+        return f"ack token must be str or bin, got {type_name(token)}"
+    if size > MAX_ACK_TOKEN_BYTES:
+        return f"ack token is {size} bytes, more than {MAX_ACK_TOKEN_BYTES}"
+    return None
+
+
+def add_batch(
+    decoded: Decoded, batch: list[Any], raw: bytes | None, received_at: int, limits: Limits
+) -> None:
+    if len(batch) > limits.max_batch_events:
+        reason = f"batch of {len(batch)} events exceeds max_batch_events={limits.max_batch_events}"
+        encoded = raw if raw is not None else repack(batch)
+        decoded.rejections.append(Rejection(reason, encoded, len(batch)))
+        return
+    for event in batch:
+        add_event(decoded, event, None, received_at, limits)
+
+
+def add_event(
+    decoded: Decoded, event: Any, raw: bytes | None, received_at: int, limits: Limits
+) -> None:
+    try:
+        row = normalise(event, received_at, limits)
+    except EventError as exc:
+        encoded = raw if raw is not None else repack(event)
+        decoded.rejections.append(Rejection(str(exc), encoded))
+        return
+    decoded.rows.append(row)
+    decoded.nbytes += row_size(row)
+
+
+def row_size(row: Row) -> int:
+    """Estimated memory of a buffered row, for the buffer's byte limit."""
+    _, _, user_id, action, value, extra, msg_id = row
+    size = ROW_OVERHEAD_BYTES + len(action)
+    if user_id is not None:
+        size += len(user_id)
+    if extra is not None:
+        size += len(extra)
+    if msg_id is not None:
+        size += len(msg_id)
+    if type(value) is str:
+        size += len(value)
+    return size
+
+
+def normalise(event: Any, received_at: int, limits: Limits) -> Row:
+    """Validate one event map and return its row; raise EventError with the reason."""
+    if type(event) is not dict:
+        raise EventError(f"event must be a map, got {type_name(event)}")
+    if not event.keys() <= KNOWN_KEYS:
+        event = fold_unknown_keys(event)
+    action = check_action(event.get("action"))
+    user_id = check_user_id(event.get("user_id"))
+    value = check_value(event.get("value"))
+    msg_id = check_msg_id(event.get("id"))
+    ts = event_time(event.get("ts"), event.get("sent_at"), received_at)
+    extra = event.get("extra")
+    extra_json = None if extra is None else encode_extra(extra, limits)
+    size = len(action) + (len(user_id) if user_id else 0) + (len(extra_json) if extra_json else 0)
+    if type(value) is str:
+        size += len(value)
+    # Characters bound bytes from below and 4x from above: encode only when it matters.
+    if size * 4 > limits.max_event_bytes:
+        check_event_size(action, user_id, value, extra_json, limits.max_event_bytes)
+    return (ts, received_at, user_id, action, value, extra_json, msg_id)
+
+
+def fold_unknown_keys(event: dict[Any, Any]) -> dict[Any, Any]:
+    """Unknown top-level keys are kept inside `extra`."""
+    unknown = {k: v for k, v in event.items() if k not in KNOWN_KEYS}
+    for key in unknown:
+        if type(key) is not str:
+            raise EventError(f"event keys must be strings, got {type_name(key)} key")
+    extra = event.get("extra")
+    if extra is None:
+        extra = {}
+    elif type(extra) is not dict:
+        raise EventError(f"extra must be a map, got {type_name(extra)}")
+    clash = sorted(unknown.keys() & extra.keys())
+    if clash:
+        raise EventError(f"key {clash[0]!r} is given both at the top level and in extra")
+    folded = {k: v for k, v in event.items() if k in KNOWN_KEYS}
+    folded["extra"] = {**extra, **unknown}
+    return folded
+
+
+def check_action(action: Any) -> str:
+    if type(action) is not str:
+        if action is None:
+            raise EventError("action is missing")
+        raise EventError(f"action must be a string, got {type_name(action)}")
+    if not 0 < len(action) <= MAX_ACTION_CHARS:
+        if not action:
+            raise EventError("action is empty")
+        raise EventError(f"action is {len(action)} characters, more than {MAX_ACTION_CHARS}")
+    return action
+
+
+def check_user_id(user_id: Any) -> str | None:
+    kind = type(user_id)
+    if kind is str:
+        if not 0 < len(user_id) <= MAX_USER_ID_CHARS:
+            if not user_id:
+                raise EventError("user_id is empty")
+            raise EventError(f"user_id is longer than {MAX_USER_ID_CHARS} characters")
+        return str(user_id)
+    if kind is int:
+        return str(user_id)
+    if user_id is None:
+        return None
+    raise EventError(f"user_id must be a string or an integer, got {type_name(user_id)}")
+
+
+def check_value(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return value
+    if kind is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise EventError("value is an integer outside the signed 64-bit range")
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise EventError("value must be a finite number")
+        return value
+    raise EventError(f"value must be a string, number, bool or nil, got {type_name(value)}")
+
+
+def check_msg_id(msg_id: Any) -> str | None:
+    if msg_id is None:
+        return None
+    if type(msg_id) is not str:
+        raise EventError(f"id must be a string, got {type_name(msg_id)}")
+    if not 0 < len(msg_id) <= MAX_MSG_ID_CHARS:
+        if not msg_id:
+            raise EventError("id is empty")
+        raise EventError(f"id is longer than {MAX_MSG_ID_CHARS} characters")
+    return msg_id
+
+
+def event_time(ts: Any, sent_at: Any, received_at: int) -> int:
+    """The stored event time in ms: `ts`, corrected for client clock skew with `sent_at`."""
+    if ts is None:
+        if sent_at is not None:
+            time_to_ms(sent_at, "sent_at")
+        return received_at
+    ts_ms = time_to_ms(ts, "ts")
+    if sent_at is not None:
+        ts_ms += received_at - time_to_ms(sent_at, "sent_at")
+        if not 0 <= ts_ms <= MAX_TS_MS:
+            raise EventError("ts corrected by sent_at falls outside 1970..9999")
+    return ts_ms
+
+
+def time_to_ms(value: Any, name: str) -> int:
+    kind = type(value)
+    if kind is int:
+        ms = value * 1000
+    elif kind is float:
+        if not math.isfinite(value):
+            raise EventError(f"{name} must be a finite number")
+        ms = round(value * 1000)
+    elif kind is msgpack.Timestamp:
+        ms = value.seconds * 1000 + value.nanoseconds // 1_000_000
+    else:
+        raise EventError(
+            f"{name} must be a msgpack Timestamp or seconds since the epoch, got {type_name(value)}"
+        )
+    if not 0 <= ms <= MAX_TS_MS:
+        raise EventError(f"{name} {value!r} is outside 1970..9999 (seconds since the epoch)")
+    return int(ms)
+
+
+def encode_extra(extra: Any, limits: Limits) -> str:
+    if type(extra) is not dict:
+        raise EventError(f"extra must be a map, got {type_name(extra)}")
+    for key in extra:
+        if type(key) is not str:
+            raise EventError(f"extra keys must be strings, got {type_name(key)} key")
+    try:
+        text = json.dumps(
+            extra,
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=(",", ":"),
+            default=json_default,
+        )
+    except RecursionError:
+        raise EventError(f"extra is nested deeper than {limits.max_extra_depth}") from None
+    except (TypeError, ValueError) as exc:
+        raise EventError(f"extra cannot be stored as JSON: {exc}") from None
+    if len(text) * 4 > limits.max_extra_bytes and len(text.encode()) > limits.max_extra_bytes:
+        raise EventError(f"extra is larger than max_extra_bytes={limits.max_extra_bytes}")
+    # Each level of nesting needs a bracket, so few brackets cannot be too deep.
+    if text.count("{") + text.count("[") > limits.max_extra_depth:
+        depth = nesting_depth(extra)
+        if depth > limits.max_extra_depth:
+            raise EventError(f"extra is nested {depth} deep, more than {limits.max_extra_depth}")
+    return text
+
+
+def json_default(value: Any) -> Any:
+    if type(value) is msgpack.Timestamp:
+        return value.to_datetime().isoformat().replace("+00:00", "Z")
+    if type(value) is bytes:
+        raise TypeError("binary values are not supported in extra")
+    raise TypeError(f"{type_name(value)} values are not supported in extra")
+
+
+def nesting_depth(value: Any) -> int:
+    """Depth of maps and lists (the extra map itself is depth 1)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children: Iterator[Any]
+        if type(item) is dict:
+            children = iter(item.values())
+        elif type(item) is list:
+            children = iter(item)
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_event_size(
+    action: str, user_id: str | None, value: Any, extra: str | None, limit: int
+) -> None:
+    size = len(action.encode()) + len((user_id or "").encode()) + len((extra or "").encode())
+    if type(value) is str:
+        size += len(value.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise EventError(f"event is {size} bytes, more than max_event_bytes={limit}")
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "nil"
+    names = {dict: "map", list: "array", str: "str", bytes: "bin", bool: "bool"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,190 @@
+"""Start order and shutdown: database -> writer -> listeners -> ready; stop in reverse.
+
+On stop: close the listeners, stop reading TCP input (what is complete is kept), let the
+writer commit everything buffered, send the pending acks, checkpoint, close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from typing import Any
+
+import structlog
+
+from collector import __version__
+from collector.buffer import EventBuffer
+from collector.codec import Limits
+from collector.config import Address, Config
+from collector.ingest.core import Ingest
+from collector.ingest.tcp import TcpIngest, TcpSettings
+from collector.ingest.udp import UdpIngestProtocol, udp_socket
+from collector.stats import Stats
+from collector.storage.writer import Writer
+
+log = structlog.get_logger("collector.daemon")
+
+CLOSE_WAIT_SECONDS = 2.0
+
+
+class Daemon:
+    def __init__(self, config: Config, stats: Stats | None = None) -> None:
+        self.config = config
+        self.stats = stats or Stats()
+        self.buffer = EventBuffer(
+            max_events=config.buffer_max_events,
+            max_bytes=config.buffer_max_bytes,
+            low_water=config.buffer_low_water,
+            stats=self.stats,
+            wake_at=config.batch_size,
+        )
+        limits = Limits(
+            config.max_event_bytes,
+            config.max_extra_bytes,
+            config.max_extra_depth,
+            config.max_batch_events,
+        )
+        self.ingest = Ingest(self.buffer, self.stats, limits)
+        self.tcp = TcpIngest(
+            self.ingest,
+            TcpSettings(
+                config.tcp_max_buffer_bytes, config.tcp_max_connections, config.tcp_idle_timeout
+            ),
+        )
+        self.writer = Writer(
+            config.db,
+            self.buffer,
+            self.stats,
+            batch_size=config.batch_size,
+            batch_max_age=config.batch_max_age,
+            synchronous=config.synchronous,
+            delay=config.writer_delay_ms / 1000.0,
+        )
+        self.udp_address: Address | None = None
+        self.tcp_address: Address | None = None
+        self._udp_transport: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        migrations = await self.writer.open()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.writer.run(), name="writer"))
+        try:
+            await self._bind()
+        except BaseException:
+            await self.stop()
+            raise
+        if self.config.stats_interval > 0:
+            self._tasks.append(loop.create_task(self._log_stats(), name="stats"))
+        log.info(
+            "collector started",
+            version=__version__,
+            db=str(self.config.db),
+            udp=str(self.udp_address) if self.udp_address else "off",
+            tcp=str(self.tcp_address) if self.tcp_address else "off",
+            query="not served yet",
+            migrations_applied=migrations,
+            synchronous=self.config.synchronous,
+        )
+
+    async def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        if config.udp is not None:
+            sock = udp_socket(config.udp, config.udp_receive_buffer)
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: UdpIngestProtocol(self.ingest), sock=sock
+            )
+            self._udp_transport = transport
+            self.udp_address = bound_address(sock)
+        if config.tcp is not None:
+            server = await loop.create_server(
+                self.tcp.protocol, config.tcp.host, config.tcp.port, backlog=1024
+            )
+            self._tcp_server = server
+            self.tcp_address = bound_address(server.sockets[0])
+
+    async def stop(self) -> None:
+        """Stop accepting, commit everything buffered, send acks, checkpoint, close."""
+        if self.stopped.is_set():
+            return
+        log.info("stopping", buffered_events=self.stats.buffer_events)
+        if self._udp_transport is not None:
+            self._udp_transport.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        self.tcp.shutdown_connections()
+        self.writer.stop()
+        await self._finish_tasks()
+        await self._wait_for_connections()
+        await self.writer.close()
+        self.stopped.set()
+        log.info("stopped", **self.stats.snapshot())
+
+    async def _finish_tasks(self) -> None:
+        writer_task, *others = self._tasks
+        for task in others:
+            task.cancel()
+        try:
+            await asyncio.wait_for(writer_task, self.config.shutdown_timeout)
+        except TimeoutError:
+            log.error(
+                "final flush timed out; unacknowledged events were not stored",
+                buffered_events=self.stats.buffer_events,
+            )
+        await asyncio.gather(*others, return_exceptions=True)
+
+    async def _wait_for_connections(self) -> None:
+        self.tcp.close_connections()
+        if self.tcp.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.tcp.all_closed.wait(), CLOSE_WAIT_SECONDS)
+
+    async def _log_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval)
+            log.info("stats", **self.stats.snapshot())
+
+
+def bound_address(sock: socket.socket) -> Address:
+    host, port = sock.getsockname()[:2]
+    return Address(host, port)
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; a second signal exits at once."""
+    daemon = Daemon(config)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def on_signal(signum: int) -> None:
+        if stop_requested.is_set():
+            log.warning("second signal, exiting at once", signal=signal.Signals(signum).name)
+            os._exit(128 + signum)
+        log.info("signal received, shutting down", signal=signal.Signals(signum).name)
+        stop_requested.set()
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await daemon.start()
+        await stop_requested.wait()
+        await daemon.stop()
+    finally:
+        for signum in signals:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+    return 0
+
+
+def run(config: Config) -> int:
+    import uvloop
+
+    result: Any = uvloop.run(serve(config))
+    return int(result)

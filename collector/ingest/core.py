@@ -1,0 +1,91 @@
+"""What the UDP and TCP protocols share: turning decoded input into buffered groups."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from collector.buffer import CommitResult, EventBuffer, Group, QuarantineRow
+from collector.codec import Decoded, Limits, Rejection
+from collector.stats import Stats
+
+MAX_REASON_CHARS = 300
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def format_peer(transport_name: str, peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = f"[{peer[0]}]" if ":" in str(peer[0]) else peer[0]
+        return f"{transport_name}:{host}:{peer[1]}"
+    return f"{transport_name}:{peer or 'unknown'}"
+
+
+def sanitise(text: str) -> str:
+    """One printable line of bounded length, for logs and quarantine reasons."""
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text[:MAX_REASON_CHARS])
+    return clean + ("..." if len(text) > MAX_REASON_CHARS else "")
+
+
+def objects_in(obj: Any) -> int:
+    """How many events a decoded object carries (counted when it is dropped unread)."""
+    if type(obj) is dict:
+        events = obj.get("events")
+        return len(events) if type(events) is list else 1
+    if type(obj) is list:
+        return len(obj)
+    return 1
+
+
+class Ingest:
+    """Admission of decoded input into the buffer, with its counters."""
+
+    def __init__(self, buffer: EventBuffer, stats: Stats, limits: Limits) -> None:
+        self.buffer = buffer
+        self.stats = stats
+        self.limits = limits
+
+    def accept(
+        self,
+        decoded: Decoded,
+        source: str | Callable[[], str],
+        received_at: int,
+        on_commit: Callable[[CommitResult], None] | None = None,
+    ) -> None:
+        """Buffer the rows and quarantine records of one object.
+
+        `source` may be a callable so the hot path builds the peer string only when a
+        rejection needs it.
+        """
+        stats = self.stats
+        rejected = 0
+        nbytes = decoded.nbytes
+        quarantine: list[QuarantineRow] = []
+        if decoded.rejections:
+            where = source if isinstance(source, str) else source()
+            for rejection in decoded.rejections:
+                quarantine.append(quarantine_row(rejection, where, received_at))
+                rejected += rejection.events
+                nbytes += len(rejection.raw)
+            stats.events_rejected += rejected
+        stats.events_received += len(decoded.rows) + rejected
+        if on_commit is None:
+            self.buffer.add_rows(decoded.rows, quarantine, nbytes, rejected)
+        else:
+            group = Group(decoded.rows, quarantine, self.buffer.clock(), nbytes, rejected)
+            group.on_commit = on_commit
+            self.buffer.add(group)
+
+    def quarantine_undecodable(self, reason: str, raw: bytes, source: str) -> None:
+        """Keep input that is not msgpack at all, with its reason."""
+        self.stats.decode_errors += 1
+        rejection = Rejection(f"not valid msgpack: {sanitise(reason)}", raw, events=0)
+        row = quarantine_row(rejection, source, now_ms())
+        self.buffer.add_rows([], [row], len(raw), 0)
+
+
+def quarantine_row(rejection: Rejection, source: str, received_at: int) -> QuarantineRow:
+    return (received_at, source, rejection.reason, rejection.raw)

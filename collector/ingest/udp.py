@@ -1,0 +1,76 @@
+"""UDP ingest: one msgpack object per datagram, never a reply."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any, cast
+
+import structlog
+
+from collector.codec import UNPACK_ERRORS, decode_object, unpack_datagram
+from collector.config import Address
+from collector.ingest.core import Ingest, format_peer, now_ms, objects_in
+
+log = structlog.get_logger("collector.udp")
+
+
+class UdpIngestProtocol(asyncio.DatagramProtocol):
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        ingest = self.ingest
+        stats = ingest.stats
+        stats.datagrams_received += 1
+        try:
+            obj = unpack_datagram(data)
+        except UNPACK_ERRORS as exc:
+            if ingest.buffer.full():
+                stats.decode_errors += 1
+                stats.datagrams_dropped += 1
+                return
+            ingest.quarantine_undecodable(
+                str(exc) or type(exc).__name__, data, format_peer("udp", addr)
+            )
+            return
+        if ingest.buffer.full():
+            stats.datagrams_dropped += 1
+            stats.events_dropped += objects_in(obj)
+            return
+        received_at = now_ms()
+        decoded = decode_object(obj, data, received_at, ingest.limits)
+        ingest.accept(decoded, lambda: format_peer("udp", addr), received_at)
+
+    def error_received(self, exc: Exception) -> None:
+        log.warning("udp socket error", error=str(exc))
+
+
+def udp_socket(address: Address, receive_buffer: int) -> socket.socket:
+    """A bound UDP socket with a large receive buffer (forced past rmem_max when allowed)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if receive_buffer:
+            set_receive_buffer(sock, receive_buffer)
+        sock.bind((address.host, address.port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> None:
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    if force is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+            return
+        except OSError:
+            pass
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)

@@ -1,0 +1,100 @@
+"""Database layout: pragmas and numbered migrations, each recorded in the transaction
+that applies it, so a migration is either wholly applied and recorded or not at all."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "events and quarantine",
+        """
+        CREATE TABLE events (
+            id          INTEGER PRIMARY KEY,
+            ts          INTEGER NOT NULL,
+            received_at INTEGER NOT NULL,
+            user_id     TEXT,
+            action      TEXT NOT NULL,
+            value,
+            extra       TEXT,
+            msg_id      TEXT
+        );
+        CREATE INDEX events_ts ON events (ts);
+        CREATE UNIQUE INDEX events_msg_id ON events (msg_id) WHERE msg_id IS NOT NULL;
+        CREATE TABLE quarantine (
+            id          INTEGER PRIMARY KEY,
+            received_at INTEGER NOT NULL,
+            source      TEXT NOT NULL,
+            reason      TEXT NOT NULL,
+            raw         BLOB NOT NULL
+        );
+        CREATE INDEX quarantine_received_at ON quarantine (received_at);
+        """,
+    ),
+)
+
+INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (ts, received_at, user_id, action, value, extra, msg_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, source, reason, raw) VALUES (?, ?, ?, ?)"
+
+
+def writer_pragmas(synchronous: str) -> list[str]:
+    return [
+        "PRAGMA journal_mode = WAL",
+        f"PRAGMA synchronous = {synchronous.upper()}",
+        "PRAGMA busy_timeout = 5000",
+        "PRAGMA cache_size = -32768",
+        "PRAGMA foreign_keys = ON",
+    ]
+
+
+def applied_versions(conn: sqlite3.Connection) -> set[int]:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+    )
+    return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply pending migrations in order; return the versions applied now.
+
+    `conn` must be in autocommit mode (isolation_level=None): each migration runs in its own
+    BEGIN IMMEDIATE ... COMMIT, together with the row that records it.
+    """
+    done = applied_versions(conn)
+    newly: list[int] = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in split_statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, int(time.time() * 1000)),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        newly.append(migration.version)
+    return newly
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a migration script into statements (our scripts hold no ';' inside literals)."""
+    return [part.strip() for part in script.split(";") if part.strip()]

@@ -1,0 +1,199 @@
+"""The single writer: group commit from the buffer to SQLite, on aiosqlite's thread.
+
+A commit happens when `batch_size` events are buffered or the oldest buffered event is
+`batch_max_age` old, whichever comes first. Each commit is one BEGIN IMMEDIATE transaction.
+Acknowledgements are released only after COMMIT returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from itertools import chain
+from pathlib import Path
+
+import aiosqlite
+import structlog
+
+from collector.buffer import CommitResult, EventBuffer, Group
+from collector.codec import Row
+from collector.stats import Stats
+from collector.storage import schema
+
+log = structlog.get_logger("collector.writer")
+
+RETRY_FIRST_DELAY = 0.05
+RETRY_MAX_DELAY = 5.0
+
+
+def prepare_database(path: Path, synchronous: str) -> list[int]:
+    """Create the directory and the database, switch to WAL, apply migrations."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in schema.writer_pragmas(synchronous):
+            conn.execute(pragma)
+        return schema.migrate(conn)
+    finally:
+        conn.close()
+
+
+class Writer:
+    def __init__(
+        self,
+        path: Path,
+        buffer: EventBuffer,
+        stats: Stats,
+        *,
+        batch_size: int,
+        batch_max_age: float,
+        synchronous: str = "normal",
+        delay: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.buffer = buffer
+        self.stats = stats
+        self.batch_size = batch_size
+        self.batch_max_age = batch_max_age
+        self.synchronous = synchronous
+        self.delay = delay
+        self.clock = clock
+        self.stopping = False
+        self.last_commit = clock()
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("writer is not open")
+        return self._db
+
+    async def open(self) -> list[int]:
+        applied = await asyncio.to_thread(prepare_database, self.path, self.synchronous)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in schema.writer_pragmas(self.synchronous):
+            await self._db.execute(pragma)
+        return applied
+
+    async def run(self) -> None:
+        """Commit until stopped and the buffer is empty."""
+        buffer = self.buffer
+        while True:
+            if not buffer.groups:
+                if self.stopping:
+                    return
+                await buffer.has_work.wait()
+                continue
+            await self._wait_for_batch()
+            groups = buffer.take(self.batch_size)
+            await self._commit_until_done(groups)
+            buffer.release(groups)
+
+    def stop(self) -> None:
+        """Flush what is buffered without waiting for size or age, then return from run()."""
+        self.stopping = True
+        self.buffer.has_work.set()
+        self.buffer.batch_ready.set()
+
+    async def close(self) -> None:
+        if self._db is None:
+            return
+        db, self._db = self._db, None
+        try:
+            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            await db.close()
+
+    async def _wait_for_batch(self) -> None:
+        buffer = self.buffer
+        while not self.stopping and buffer.pending_events < self.batch_size:
+            oldest = buffer.oldest_received()
+            if oldest is None:
+                return
+            remaining = oldest + self.batch_max_age - self.clock()
+            if remaining <= 0:
+                return
+            buffer.batch_ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(buffer.batch_ready.wait(), remaining)
+
+    async def _commit_until_done(self, groups: list[Group]) -> None:
+        """Retry a failed commit with backoff: what was received is never dropped here."""
+        delay = RETRY_FIRST_DELAY
+        while True:
+            try:
+                await self._commit(groups)
+                return
+            except sqlite3.Error as exc:
+                self.stats.commit_errors += 1
+                log.error("commit failed, will retry", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+
+    async def _commit(self, groups: list[Group]) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            before = db.total_changes
+            stored_by_group = await self._insert_groups(groups)
+            stored = db.total_changes - before
+            quarantine = [record for group in groups for record in group.quarantine]
+            if quarantine:
+                await db.executemany(schema.INSERT_QUARANTINE, quarantine)
+            await db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await db.execute("ROLLBACK")
+            raise
+        self._committed(groups, stored, stored_by_group, len(quarantine))
+
+    async def _insert_groups(self, groups: list[Group]) -> dict[int, int]:
+        """Insert rows in arrival order: one executemany per acknowledged group (its counts
+        go into its ack) and one per run of unacknowledged groups."""
+        stored_by_group: dict[int, int] = {}
+        run: list[list[Row]] = []
+        for group in groups:
+            if group.on_commit is None:
+                run.append(group.rows)
+                continue
+            if run:
+                await self._insert(chain.from_iterable(run))
+                run = []
+            stored_by_group[id(group)] = await self._insert(group.rows)
+        if run:
+            await self._insert(chain.from_iterable(run))
+        return stored_by_group
+
+    async def _insert(self, rows: Iterable[Row]) -> int:
+        db = self.db
+        before = db.total_changes
+        await db.executemany(schema.INSERT_EVENT, rows)
+        return db.total_changes - before
+
+    def _committed(
+        self,
+        groups: list[Group],
+        stored: int,
+        stored_by_group: dict[int, int],
+        quarantined: int,
+    ) -> None:
+        stats = self.stats
+        now = self.clock()
+        self.last_commit = now
+        stats.batches_committed += 1
+        stats.events_stored += stored
+        stats.events_duplicate += sum(group.events for group in groups) - stored
+        stats.quarantined += quarantined
+        for group in groups:
+            stats.latency.record(now - group.received, max(group.events, 1))
+            if group.on_commit is not None:
+                group_stored = stored_by_group[id(group)]
+                group.on_commit(
+                    CommitResult(group_stored, group.events - group_stored, group.rejected)
+                )
