@@ -103,6 +103,10 @@ class EventBuffer:
         stats = self.stats
         stats.buffer_events += events
         stats.buffer_bytes += nbytes
+        if stats.buffer_events > stats.buffer_events_peak:
+            stats.buffer_events_peak = stats.buffer_events
+        if stats.buffer_bytes > stats.buffer_bytes_peak:
+            stats.buffer_bytes_peak = stats.buffer_bytes
         self.pending_events += events
         # Any group wakes an idle writer (which then waits for size or age), including
         # groups without rows: quarantine records and empty acked batches need a commit too.

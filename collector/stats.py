@@ -69,6 +69,8 @@ class Stats:
     commit_errors: int = 0
     buffer_events: int = 0
     buffer_bytes: int = 0
+    buffer_events_peak: int = 0
+    buffer_bytes_peak: int = 0
     latency: LatencyHistogram = dataclasses.field(default_factory=LatencyHistogram)
     started: float = dataclasses.field(default_factory=time.time)
 

@@ -6,19 +6,24 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+import msgpack
 
 from collector.config import Address, Config
 from collector.daemon import Daemon
 
 LOOPBACK_ANY_PORT = Address("127.0.0.1", 0)
+IO_TIMEOUT = 10.0
 
 
 def test_config(db: Path, **overrides: Any) -> Config:
@@ -65,7 +70,10 @@ def count_rows(db: Path, table: str = "events", where: str = "1") -> int:
 
 
 class DaemonProcess:
-    """`python -m collector serve` as a subprocess; addresses read from its start-up line."""
+    """`python -m collector serve` as a subprocess; addresses read from its start-up line.
+
+    A thread reads its JSON log lines so tests can wait for one (`wait_for_log`).
+    """
 
     def __init__(self, db: Path, args: Sequence[str] = (), env: dict[str, str] | None = None):
         self.db = db
@@ -76,58 +84,143 @@ class DaemonProcess:
         self.tcp: Address | None = None
         self.startup: dict[str, Any] = {}
         self.log_lines: list[str] = []
+        self._new_line = threading.Condition()
+        self._reader: threading.Thread | None = None
 
-    def start(self, timeout: float = 20.0) -> DaemonProcess:
-        command = [
+    def command(self) -> list[str]:
+        return [
             sys.executable, "-m", "collector", "serve", "--db", str(self.db),
             "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--query", "off",
             "--log-format", "json", *self.args,
         ]  # fmt: skip
+
+    def start(self, timeout: float = 20.0) -> DaemonProcess:
         env = {**os.environ, **(self.env or {})}
         self.process = subprocess.Popen(
-            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+            self.command(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
         )
-        self.startup = self._read_until("collector started", timeout)
+        self._reader = threading.Thread(target=self._read_logs, daemon=True)
+        self._reader.start()
+        self.startup = self.wait_for_log(lambda r: r.get("event") == "collector started", timeout)
         self.udp = parse_address(self.startup.get("udp"))
         self.tcp = parse_address(self.startup.get("tcp"))
         return self
 
-    def _read_until(self, event: str, timeout: float) -> dict[str, Any]:
+    def _read_logs(self) -> None:
         assert self.process is not None and self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._new_line:
+                self.log_lines.append(line)
+                self._new_line.notify_all()
+        with self._new_line:
+            self._new_line.notify_all()
+
+    def wait_for_log(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """The first JSON log record matching `predicate`, waiting for it if need be."""
         deadline = time.monotonic() + timeout
-        stream: IO[str] = self.process.stderr
-        while time.monotonic() < deadline:
-            line = stream.readline()
-            if not line:
-                raise RuntimeError(f"daemon exited early: {''.join(self.log_lines)}")
-            self.log_lines.append(line)
-            record = json.loads(line)
-            if record.get("event") == event:
-                return dict(record)
-        raise TimeoutError(f"no {event!r} log line within {timeout}s")
+        seen = 0
+        with self._new_line:
+            while True:
+                for line in self.log_lines[seen:]:
+                    record = parse_log_line(line)
+                    if record is not None and predicate(record):
+                        return record
+                seen = len(self.log_lines)
+                if self._reader is None or not self._reader.is_alive():
+                    raise RuntimeError("daemon exited: " + "".join(self.log_lines[-20:]))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no matching log line within {timeout}s")
+                self._new_line.wait(min(remaining, 0.5))
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.process is not None
         self.process.send_signal(signum)
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit (killing it after `timeout`); return its exit code."""
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
+
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, wait for exit, return the exit code; the rest of stderr is kept."""
+        """SIGTERM, then wait for exit; return the exit code."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        try:
-            _, rest = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            _, rest = self.process.communicate()
-        self.log_lines.extend(rest.splitlines(keepends=True))
-        return self.process.returncode
+        return self.wait(timeout)
 
     def log_records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log_lines if line.startswith("{")]
+        return [r for r in map(parse_log_line, self.log_lines) if r is not None]
+
+
+def parse_log_line(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def parse_address(text: Any) -> Address | None:
     if not text or text == "off":
         return None
     return Address.parse(str(text))
+
+
+def send_udp(address: Address, *objects: Any) -> None:
+    """Send each object as its own datagram."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for obj in objects:
+            payload = obj if isinstance(obj, bytes) else msgpack.packb(obj)
+            sock.sendto(payload, (address.host, address.port))
+
+
+class TcpClient:
+    """A raw TCP ingest client: write msgpack objects, read msgpack replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.unpacker = msgpack.Unpacker()
+
+    @classmethod
+    async def connect(cls, address: Address) -> TcpClient:
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        return cls(reader, writer)
+
+    async def send(self, *objects: Any) -> None:
+        for obj in objects:
+            self.writer.write(obj if isinstance(obj, bytes) else msgpack.packb(obj))
+        await self.writer.drain()
+
+    async def reply(self, within: float = IO_TIMEOUT) -> Any:
+        """The next msgpack object the daemon sends; raises EOFError if it closes first."""
+        async with asyncio.timeout(within):
+            while True:
+                for obj in self.unpacker:
+                    return obj
+                data = await self.reader.read(65536)
+                if not data:
+                    raise EOFError("connection closed by the daemon")
+                self.unpacker.feed(data)
+
+    async def closed_by_peer(self, within: float = IO_TIMEOUT) -> bool:
+        """True once the daemon closes the connection (replies are skipped)."""
+        async with asyncio.timeout(within):
+            while await self.reader.read(65536):
+                pass
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()

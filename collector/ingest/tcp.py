@@ -66,6 +66,9 @@ class TcpIngestProtocol(asyncio.Protocol):
         self.source = "tcp:unknown"
         self.unpacker = new_stream_unpacker(server.settings.max_buffer_bytes)
         self.bytes_fed = 0
+        # Unpacker.tell() also moves over an incomplete object, so remember where the
+        # last complete one ended.
+        self.bytes_decoded = 0
         self.pending: deque[PendingAck] = deque()
         self.paused = False
         self.stopping = False  # no more input is read or decoded
@@ -144,6 +147,7 @@ class TcpIngestProtocol(asyncio.Protocol):
             except UNPACK_ERRORS as exc:
                 self._fail(f"not valid msgpack: {exc or type(exc).__name__}")
                 return
+            self.bytes_decoded = unpacker.tell()
             self._handle(obj)
 
     def _handle(self, obj: Any) -> None:
@@ -187,7 +191,7 @@ class TcpIngestProtocol(asyncio.Protocol):
         self._close_when_acked()
 
     def _count_trailing_bytes(self) -> None:
-        trailing = self.bytes_fed - self.unpacker.tell()
+        trailing = self.bytes_fed - self.bytes_decoded
         if trailing > 0 and not self.stopping:
             self.ingest.stats.tcp_truncated_bytes += trailing
             log.info("discarded an incomplete object at close", peer=self.source, bytes=trailing)
@@ -200,7 +204,7 @@ class TcpIngestProtocol(asyncio.Protocol):
             "closing TCP connection on bad input",
             peer=self.source,
             reason=sanitise(reason),
-            offset=self.unpacker.tell(),
+            offset=self.bytes_decoded,
         )
         self.stopping = True
         if self.transport is not None and not self.transport.is_closing():
