@@ -75,22 +75,28 @@ class EventBuffer:
     def add(self, group: Group) -> None:
         """Queue a group that must stay on its own (it is acknowledged as a whole)."""
         group.sealed = True
-        self.groups.append(group)
+        self._append(group)
         self._account(group.events, group.nbytes)
+
+    def add_row(self, row: Row, nbytes: int) -> None:
+        """add_rows() for a single valid row, without building lists for it."""
+        now = self.clock()
+        tail = self._mergeable_tail(now)
+        if tail is None:
+            self._append(Group([row], [], now, nbytes))
+        else:
+            tail.rows.append(row)
+            tail.nbytes += nbytes
+        self._account(1, nbytes)
 
     def add_rows(
         self, rows: list[Row], quarantine: list[QuarantineRow], nbytes: int, rejected: int
     ) -> None:
         """Queue unacknowledged input, merged into the newest group when it is recent."""
         now = self.clock()
-        tail = self.groups[-1] if self.groups else None
-        if (
-            tail is None
-            or tail.sealed
-            or now - tail.received > self.merge_window
-            or len(tail.rows) >= self.merge_max_rows
-        ):
-            self.groups.append(Group(rows, quarantine, now, nbytes, rejected))
+        tail = self._mergeable_tail(now)
+        if tail is None:
+            self._append(Group(rows, quarantine, now, nbytes, rejected))
         else:
             tail.rows.extend(rows)
             if quarantine:
@@ -98,6 +104,26 @@ class EventBuffer:
             tail.nbytes += nbytes
             tail.rejected += rejected
         self._account(len(rows), nbytes)
+
+    def _append(self, group: Group) -> None:
+        # Any group wakes an idle writer (which then waits for size or age), including
+        # groups without rows: quarantine records and empty acked batches need a commit too.
+        self.groups.append(group)
+        if len(self.groups) == 1:
+            self.has_work.set()
+
+    def _mergeable_tail(self, now: float) -> Group | None:
+        """The newest group, if unacknowledged input arriving `now` may join it."""
+        if not self.groups:
+            return None
+        tail = self.groups[-1]
+        if (
+            tail.sealed
+            or now - tail.received > self.merge_window
+            or len(tail.rows) >= self.merge_max_rows
+        ):
+            return None
+        return tail
 
     def _account(self, events: int, nbytes: int) -> None:
         stats = self.stats
@@ -108,10 +134,6 @@ class EventBuffer:
         if stats.buffer_bytes > stats.buffer_bytes_peak:
             stats.buffer_bytes_peak = stats.buffer_bytes
         self.pending_events += events
-        # Any group wakes an idle writer (which then waits for size or age), including
-        # groups without rows: quarantine records and empty acked batches need a commit too.
-        if not self.has_work.is_set():
-            self.has_work.set()
         if self.pending_events >= self.wake_at:
             self.batch_ready.set()
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from collector.buffer import CommitResult, EventBuffer, Group, QuarantineRow
-from collector.codec import Decoded, Limits, Rejection
+from collector.codec import ROW_OVERHEAD_BYTES, Decoded, Limits, Rejection, Row
 from collector.stats import Stats
 
 MAX_REASON_CHARS = 300
@@ -48,21 +48,27 @@ class Ingest:
         self.stats = stats
         self.limits = limits
 
+    def accept_row(self, row: Row, encoded_size: int) -> None:
+        """The fast path for the commonest input: one valid event, no ack."""
+        self.stats.events_received += 1
+        self.buffer.add_row(row, encoded_size + ROW_OVERHEAD_BYTES)
+
     def accept(
         self,
         decoded: Decoded,
+        encoded_size: int,
         source: str | Callable[[], str],
         received_at: int,
         on_commit: Callable[[CommitResult], None] | None = None,
     ) -> None:
-        """Buffer the rows and quarantine records of one object.
+        """Buffer the rows and quarantine records of one object of `encoded_size` bytes.
 
         `source` may be a callable so the hot path builds the peer string only when a
         rejection needs it.
         """
         stats = self.stats
         rejected = 0
-        nbytes = decoded.nbytes
+        nbytes = encoded_size + ROW_OVERHEAD_BYTES * len(decoded.rows)
         quarantine: list[QuarantineRow] = []
         if decoded.rejections:
             where = source if isinstance(source, str) else source()

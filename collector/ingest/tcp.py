@@ -147,21 +147,22 @@ class TcpIngestProtocol(asyncio.Protocol):
             except UNPACK_ERRORS as exc:
                 self._fail(f"not valid msgpack: {exc or type(exc).__name__}")
                 return
-            self.bytes_decoded = unpacker.tell()
-            self._handle(obj)
+            decoded_to = unpacker.tell()
+            self._handle(obj, decoded_to - self.bytes_decoded)
+            self.bytes_decoded = decoded_to
 
-    def _handle(self, obj: Any) -> None:
+    def _handle(self, obj: Any, size: int) -> None:
         ingest = self.ingest
         ingest.stats.tcp_objects_received += 1
         received_at = now_ms()
         decoded = decode_object(obj, None, received_at, ingest.limits)
         if not decoded.wants_ack:
-            ingest.accept(decoded, self.source, received_at)
+            ingest.accept(decoded, size, self.source, received_at)
             return
         pending = PendingAck(decoded.ack)
         self.pending.append(pending)
         ingest.accept(
-            decoded, self.source, received_at, lambda result: self._acked(pending, result)
+            decoded, size, self.source, received_at, lambda result: self._acked(pending, result)
         )
 
     def _pause(self) -> None:

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import structlog
 
-from collector.codec import UNPACK_ERRORS, decode_object, unpack_datagram
+from collector.codec import UNPACK_ERRORS, EventError, decode_object, normalise, unpack_datagram
 from collector.config import Address
 from collector.ingest.core import Ingest, format_peer, now_ms, objects_in
 
@@ -43,8 +43,16 @@ class UdpIngestProtocol(asyncio.DatagramProtocol):
             stats.events_dropped += objects_in(obj)
             return
         received_at = now_ms()
+        if type(obj) is dict and "events" not in obj:
+            try:
+                row = normalise(obj, received_at, ingest.limits)
+            except EventError:
+                pass  # the general path below quarantines it with its reason
+            else:
+                ingest.accept_row(row, len(data))
+                return
         decoded = decode_object(obj, data, received_at, ingest.limits)
-        ingest.accept(decoded, lambda: format_peer("udp", addr), received_at)
+        ingest.accept(decoded, len(data), lambda: format_peer("udp", addr), received_at)
 
     def error_received(self, exc: Exception) -> None:
         log.warning("udp socket error", error=str(exc))
