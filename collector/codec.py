@@ -123,25 +123,38 @@ def decode_object(obj: Any, raw: bytes | None, received_at: int, limits: Limits)
 def decode_envelope(
     envelope: dict[Any, Any], raw: bytes | None, received_at: int, limits: Limits
 ) -> Decoded:
-    """`{"events": [...], "ack": TOKEN}`: a batch that asks to be acknowledged."""
+    """`{"events": [...], "ack": TOKEN}`: a batch that asks to be acknowledged.
+
+    A malformed envelope is quarantined whole; it is still acknowledged (as rejected)
+    when its token is usable, since that is the only way to tell the sender.
+    """
     decoded = Decoded([], [])
     token = envelope.get("ack")
-    problem = envelope_problem(envelope, token)
+    events = envelope["events"]
+    count = len(events) if type(events) is list else 1
+    problem = ack_token_problem(token)
+    if problem is None:
+        decoded.ack = token
+        decoded.wants_ack = token is not None
+        problem = envelope_problem(envelope)
     if problem:
-        decoded.rejections.append(Rejection(problem, raw if raw is not None else repack(envelope)))
+        encoded = raw if raw is not None else repack(envelope)
+        decoded.rejections.append(Rejection(problem, encoded, count))
         return decoded
-    decoded.ack = token
-    decoded.wants_ack = token is not None
-    add_batch(decoded, envelope["events"], None, received_at, limits)
+    add_batch(decoded, events, None, received_at, limits)
     return decoded
 
 
-def envelope_problem(envelope: dict[Any, Any], token: Any) -> str | None:
+def envelope_problem(envelope: dict[Any, Any]) -> str | None:
     extra_keys = set(envelope) - {"events", "ack"}
     if extra_keys:
         return f"unexpected key(s) in batch envelope: {sorted(map(str, extra_keys))}"
     if type(envelope["events"]) is not list:
         return f"envelope events must be an array, got {type_name(envelope['events'])}"
+    return None
+
+
+def ack_token_problem(token: Any) -> str | None:
     if token is None:
         return None
     if type(token) is bytes:
@@ -173,10 +186,14 @@ def add_event(
     try:
         row = normalise(event, received_at, limits)
     except EventError as exc:
-        encoded = raw if raw is not None else repack(event)
-        decoded.rejections.append(Rejection(str(exc), encoded))
+        reason = str(exc)
+    except Exception as exc:  # a validation bug must cost one event, never the batch
+        reason = f"cannot validate event: {type(exc).__name__}: {exc}"
+    else:
+        decoded.rows.append(row)
         return
-    decoded.rows.append(row)
+    encoded = raw if raw is not None else repack(event)
+    decoded.rejections.append(Rejection(reason, encoded))
 
 
 def normalise(event: Any, received_at: int, limits: Limits) -> Row:
@@ -319,7 +336,8 @@ def time_to_ms(value: Any, name: str) -> int:
     elif kind is float:
         if not math.isfinite(value):
             raise EventError(f"{name} must be a finite number")
-        ms = round(value * 1000)
+        # Checked in seconds first: a huge finite float overflows once multiplied.
+        ms = round(value * 1000) if 0 <= value <= MAX_TS_MS / 1000 else -1
     elif kind is msgpack.Timestamp:
         ms = value.seconds * 1000 + value.nanoseconds // 1_000_000
     else:
@@ -334,7 +352,9 @@ def time_to_ms(value: Any, name: str) -> int:
 def encode_extra(extra: Any, limits: Limits) -> str:
     if type(extra) is not dict:
         raise EventError(f"extra must be a map, got {type_name(extra)}")
-    # Number, bool and nil keys become strings, as JSON requires; other keys are refused.
+    for key in extra:
+        if type(key) is not str:
+            raise EventError(f"extra keys must be strings, got {type_name(key)} key")
     try:
         text = to_json(extra)
     except RecursionError:
@@ -343,9 +363,12 @@ def encode_extra(extra: Any, limits: Limits) -> str:
         raise EventError(f"extra cannot be stored as JSON: {exc}") from None
     if len(text) * 4 > limits.max_extra_bytes and len(text.encode()) > limits.max_extra_bytes:
         raise EventError(f"extra is larger than max_extra_bytes={limits.max_extra_bytes}")
-    # Each level of nesting needs a bracket, so few brackets cannot be too deep.
-    if text.count("{") + text.count("[") > limits.max_extra_depth:
-        depth = nesting_depth(extra)
+    # The JSON text bounds the walk: one "{" is the map itself, and each level of
+    # nesting needs a bracket. The JSON encoder would turn number keys of nested maps
+    # into strings (and could collide them with existing keys), so those are walked.
+    maps = text.count("{")
+    if maps > 1 or maps + text.count("[") > limits.max_extra_depth:
+        depth = checked_depth(extra)
         if depth > limits.max_extra_depth:
             raise EventError(f"extra is nested {depth} deep, more than {limits.max_extra_depth}")
     return text
@@ -360,14 +383,18 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"{type_name(value)} values are not supported in extra")
 
 
-def nesting_depth(value: Any) -> int:
-    """Depth of maps and lists (the extra map itself is depth 1)."""
+def checked_depth(value: Any) -> int:
+    """Depth of maps and lists (the extra map itself is depth 1); every map key must be
+    a string."""
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         children: Iterator[Any]
         if type(item) is dict:
+            for key in item:
+                if type(key) is not str:
+                    raise EventError(f"extra keys must be strings, got {type_name(key)} key")
             children = iter(item.values())
         elif type(item) is list:
             children = iter(item)

@@ -8,6 +8,8 @@ Precedence: defaults < TOML file < environment < flags.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -36,6 +38,8 @@ class Address(NamedTuple):
         host, sep, port_text = text.strip().rpartition(":")
         if not sep or not host or not port_text.isdigit():
             raise ValueError(f"expected HOST:PORT, got {text!r}")
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            raise ValueError(f"write an IPv6 address in brackets, [HOST]:PORT, got {text!r}")
         port = int(port_text)
         if port > 65535:
             raise ValueError(f"port out of range in {text!r}")
@@ -192,6 +196,8 @@ def convert(name: str, raw: Any) -> Any:
 
 
 def check_bounds(meta: Mapping[str, Any], value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
     if meta["choices"] and value not in meta["choices"]:
         raise ValueError(f"must be one of {', '.join(meta['choices'])}, got {value!r}")
     if meta["minimum"] is not None and value < meta["minimum"]:
@@ -263,5 +269,5 @@ def toml_value(value: Any) -> str:
         return '"off"'
     if isinstance(value, int | float) and not isinstance(value, bool):
         return repr(value)
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    # A JSON string is a valid TOML basic string (same escapes), control characters included.
+    return json.dumps(str(value), ensure_ascii=False)

@@ -39,7 +39,9 @@ class LatencyHistogram:
         for index, count in enumerate(self.counts):
             seen += count
             if seen >= rank and count:
-                return min(self.bounds[min(index, len(self.bounds) - 1)], self.max)
+                if index >= len(self.bounds):
+                    return self.max
+                return min(self.bounds[index], self.max)
         return self.max
 
 

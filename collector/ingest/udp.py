@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import structlog
 
-from collector.codec import UNPACK_ERRORS, EventError, decode_object, normalise, unpack_datagram
+from collector.codec import UNPACK_ERRORS, decode_object, normalise, unpack_datagram
 from collector.config import Address
 from collector.ingest.core import Ingest, format_peer, now_ms, objects_in
 
@@ -46,8 +46,8 @@ class UdpIngestProtocol(asyncio.DatagramProtocol):
         if type(obj) is dict and "events" not in obj:
             try:
                 row = normalise(obj, received_at, ingest.limits)
-            except EventError:
-                pass  # the general path below quarantines it with its reason
+            except Exception:  # the general path below quarantines it with the reason
+                pass
             else:
                 ingest.accept_row(row, len(data))
                 return

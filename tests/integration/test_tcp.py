@@ -171,3 +171,15 @@ async def test_stop_sends_pending_acks_before_closing(db_path: Path) -> None:
         await stopping
         await client.close()
     assert count_rows(db_path) == 25
+
+
+async def test_malformed_envelope_with_a_usable_token_is_acknowledged_as_rejected(
+    db_path: Path,
+) -> None:
+    async with running_daemon(db_path) as daemon:
+        assert daemon.tcp_address is not None
+        client = await TcpClient.connect(daemon.tcp_address)
+        await client.send({"events": events(4), "ack": "odd", "priority": "high"})
+        assert await client.reply() == {"ack": "odd", "stored": 0, "rejected": 4}
+        await client.close()
+    assert count_rows(db_path, "quarantine", "reason LIKE 'unexpected key(s)%'") == 1

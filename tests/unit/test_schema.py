@@ -1,0 +1,230 @@
+"""collector.storage.schema: migrations on real SQLite files, and the insert statements."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collector.storage import schema
+from collector.storage.schema import Migration
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def tables(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {name for (name,) in rows}
+
+
+def indexes(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+    return {name for (name,) in rows}
+
+
+def columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def recorded(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    return list(conn.execute("SELECT version, name FROM schema_migrations ORDER BY version"))
+
+
+BROKEN = Migration(
+    2,
+    "half applied",
+    """
+    CREATE TABLE broken_new (x INTEGER);
+    CREATE INDEX broken_new_x ON broken_new (x);
+    INSERT INTO events (ts, received_at, action) VALUES (1, 1, 'from broken migration');
+    CREATE INDEX nope ON no_such_table (x);
+    """,
+)
+
+
+def test_migrate_creates_the_schema_on_a_fresh_file(conn: sqlite3.Connection) -> None:
+    before = int(time.time() * 1000)
+    assert schema.migrate(conn) == [1]
+    assert {"events", "quarantine", "schema_migrations"} <= tables(conn)
+    assert columns(conn, "events") == [
+        "id",
+        "ts",
+        "received_at",
+        "user_id",
+        "action",
+        "value",
+        "extra",
+        "msg_id",
+    ]
+    assert columns(conn, "quarantine") == ["id", "received_at", "source", "reason", "raw"]
+    assert {"events_ts", "events_msg_id", "quarantine_received_at"} <= indexes(conn)
+    assert recorded(conn) == [(1, "events and quarantine")]
+    (applied_at,) = conn.execute("SELECT applied_at FROM schema_migrations").fetchone()
+    assert before <= applied_at <= int(time.time() * 1000)
+    assert not conn.in_transaction
+
+
+def test_migrate_is_idempotent(conn: sqlite3.Connection) -> None:
+    assert schema.migrate(conn) == [1]
+    schema_sql = sorted(conn.execute("SELECT name, sql FROM sqlite_master"))
+    assert schema.migrate(conn) == []
+    assert schema.migrate(conn) == []
+    assert recorded(conn) == [(1, "events and quarantine")]
+    assert sorted(conn.execute("SELECT name, sql FROM sqlite_master")) == schema_sql
+
+
+def test_migrate_keeps_existing_data(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    first = sqlite3.connect(path, isolation_level=None)
+    schema.migrate(first)
+    first.execute(schema.INSERT_EVENT, (1, 2, "u", "a", 3, None, "m"))
+    first.close()
+    second = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert schema.migrate(second) == []
+        assert second.execute("SELECT ts, action, msg_id FROM events").fetchall() == [(1, "a", "m")]
+    finally:
+        second.close()
+
+
+def test_failing_migration_leaves_neither_its_tables_nor_its_record(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert schema.migrate(conn) == [1]
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, BROKEN))
+    with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+        schema.migrate(conn)
+    assert "broken_new" not in tables(conn)
+    assert "broken_new_x" not in indexes(conn)
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+    assert recorded(conn) == [(1, "events and quarantine")]
+    assert not conn.in_transaction
+
+
+def test_failing_migration_on_a_fresh_file_keeps_the_ones_before_it(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, BROKEN))
+    with pytest.raises(sqlite3.OperationalError):
+        schema.migrate(conn)
+    assert recorded(conn) == [(1, "events and quarantine")]
+    assert {"events", "quarantine"} <= tables(conn)
+    assert "broken_new" not in tables(conn)
+
+
+def test_failed_migration_is_retried_once_fixed(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, BROKEN))
+    with pytest.raises(sqlite3.OperationalError):
+        schema.migrate(conn)
+    fixed = Migration(2, "fixed", "CREATE TABLE fixed_new (x INTEGER)")
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS[:1], fixed))
+    assert schema.migrate(conn) == [2]
+    assert "fixed_new" in tables(conn)
+    assert recorded(conn) == [(1, "events and quarantine"), (2, "fixed")]
+
+
+def test_migration_whose_record_cannot_be_written_is_rolled_back(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The migration's statements all succeed but recording it fails (its version number
+    is taken): since the record is written in the same transaction, the statements are
+    rolled back with it."""
+    duplicate = Migration(1, "duplicate version", "CREATE TABLE duplicate_new (x INTEGER)")
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, duplicate))
+    with pytest.raises(sqlite3.IntegrityError):
+        schema.migrate(conn)
+    assert "duplicate_new" not in tables(conn)
+    assert {"events", "quarantine"} <= tables(conn)
+    assert recorded(conn) == [(1, "events and quarantine")]
+    assert not conn.in_transaction
+
+
+def test_split_statements() -> None:
+    assert schema.split_statements(" A ;\n\n B;C ; ") == ["A", "B", "C"]
+    assert schema.split_statements(";;\n") == []
+
+
+@pytest.mark.parametrize("mode", ["normal", "full"])
+def test_writer_pragmas(conn: sqlite3.Connection, mode: str) -> None:
+    pragmas = schema.writer_pragmas(mode)
+    assert f"PRAGMA synchronous = {mode.upper()}" in pragmas
+    for pragma in pragmas:
+        conn.execute(pragma)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    expected = {"normal": 1, "full": 2}[mode]
+    assert conn.execute("PRAGMA synchronous").fetchone() == (expected,)
+
+
+# --- INSERT_EVENT and INSERT_QUARANTINE ----------------------------------------------------
+
+
+def test_insert_event_ignores_a_repeated_msg_id(conn: sqlite3.Connection) -> None:
+    schema.migrate(conn)
+    first = conn.execute(schema.INSERT_EVENT, (1, 10, "u1", "first", 1, None, "m-1"))
+    assert first.rowcount == 1
+    again = conn.execute(schema.INSERT_EVENT, (2, 20, "u2", "second", 2, '{"a":1}', "m-1"))
+    assert again.rowcount == 0
+    other = conn.execute(schema.INSERT_EVENT, (3, 30, None, "third", None, None, "m-2"))
+    assert other.rowcount == 1
+    rows = conn.execute("SELECT ts, action, msg_id FROM events ORDER BY id").fetchall()
+    assert rows == [(1, "first", "m-1"), (3, "third", "m-2")]
+
+
+def test_insert_event_never_deduplicates_rows_without_msg_id(conn: sqlite3.Connection) -> None:
+    schema.migrate(conn)
+    row = (1, 10, "u", "same", 1, None, None)
+    conn.executemany(schema.INSERT_EVENT, [row, row, row])
+    assert conn.execute("SELECT count(*) FROM events WHERE msg_id IS NULL").fetchone() == (3,)
+
+
+def test_insert_event_dedup_within_one_executemany(conn: sqlite3.Connection) -> None:
+    schema.migrate(conn)
+    before = conn.total_changes
+    conn.executemany(
+        schema.INSERT_EVENT,
+        [
+            (1, 1, None, "a", None, None, "x"),
+            (2, 2, None, "b", None, None, "x"),
+            (3, 3, None, "c", None, None, None),
+            (4, 4, None, "d", None, None, "y"),
+        ],
+    )
+    assert conn.total_changes - before == 3
+    assert conn.execute("SELECT action FROM events ORDER BY id").fetchall() == [
+        ("a",),
+        ("c",),
+        ("d",),
+    ]
+
+
+def test_insert_event_stores_every_value_type(conn: sqlite3.Connection) -> None:
+    schema.migrate(conn)
+    values = ["text", 2**63 - 1, -(2**63), 2.5, True, None]
+    conn.executemany(
+        schema.INSERT_EVENT, [(1, 1, None, "a", value, None, None) for value in values]
+    )
+    stored = [row[0] for row in conn.execute("SELECT value FROM events ORDER BY id")]
+    assert stored == ["text", 2**63 - 1, -(2**63), 2.5, 1, None]
+
+
+def test_insert_quarantine(conn: sqlite3.Connection) -> None:
+    schema.migrate(conn)
+    conn.execute(schema.INSERT_QUARANTINE, (5, "udp:127.0.0.1:1", "bad", b"\x00\xc1"))
+    conn.execute(schema.INSERT_QUARANTINE, (6, "tcp:[::1]:2", "bad", b"\x00\xc1"))
+    rows = conn.execute("SELECT received_at, source, reason, raw FROM quarantine ORDER BY id")
+    assert rows.fetchall() == [
+        (5, "udp:127.0.0.1:1", "bad", b"\x00\xc1"),
+        (6, "tcp:[::1]:2", "bad", b"\x00\xc1"),
+    ]
