@@ -57,6 +57,8 @@ class EventBuffer:
     clock: Callable[[], float] = time.monotonic
     groups: deque[Group] = field(default_factory=deque)
     pending_events: int = 0
+    eager_acks: bool = False
+    acked_groups: int = 0
     has_work: asyncio.Event = field(default_factory=asyncio.Event)
     batch_ready: asyncio.Event = field(default_factory=asyncio.Event)
     waiting_for_room: dict[object, Callable[[], None]] = field(default_factory=dict)
@@ -77,6 +79,14 @@ class EventBuffer:
         group.sealed = True
         self._append(group)
         self._account(group.events, group.nbytes)
+        if group.on_commit is not None:
+            self.acked_groups += 1
+            if self.eager_acks:
+                self.batch_ready.set()
+
+    def commit_due(self) -> bool:
+        """True when the writer should not wait: a full batch, or an ack is waiting."""
+        return self.pending_events >= self.wake_at or (self.eager_acks and self.acked_groups > 0)
 
     def add_row(self, row: Row, nbytes: int) -> None:
         """add_rows() for a single valid row, without building lists for it."""
@@ -149,10 +159,12 @@ class EventBuffer:
             group.sealed = True
             taken.append(group)
             count += group.events
+            if group.on_commit is not None:
+                self.acked_groups -= 1
         self.pending_events -= count
         if not self.groups:
             self.has_work.clear()
-        if self.pending_events < self.wake_at:
+        if not self.commit_due():
             self.batch_ready.clear()
         return taken
 

@@ -102,6 +102,11 @@ class Config:
     batch_max_age_ms: float = option(
         50.0, "commit when the oldest buffered event is this old (ms)", minimum=0
     )
+    eager_ack_commit: bool = option(
+        True,
+        "commit as soon as the writer is free when a batch awaits its ack, without waiting "
+        "for batch_size or batch_max_age_ms",
+    )
     buffer_max_events: int = option(
         100_000, "buffer capacity in events; above it TCP pauses and UDP drops", minimum=1
     )
@@ -121,6 +126,13 @@ class Config:
     )
     shutdown_timeout: float = option(
         30.0, "seconds allowed for the final flush at shutdown", minimum=0
+    )
+    gil_switch_interval_ms: float = option(
+        0.5,
+        "Python thread switch interval (ms); lower lets the writer thread take the GIL back "
+        "from a busy event loop sooner (Python's default is 5)",
+        minimum=0.01,
+        maximum=100.0,
     )
     writer_delay_ms: float = option(
         0.0, "testing only: sleep this long before every commit (ms)", minimum=0
@@ -164,7 +176,14 @@ def flag_name(name: str) -> str:
 
 def field_kind(name: str) -> type:
     """The Python type a field holds (Address for `Address | None`)."""
-    kinds = {"Path": Path, "Address | None": Address, "str": str, "int": int, "float": float}
+    kinds = {
+        "Path": Path,
+        "Address | None": Address,
+        "str": str,
+        "int": int,
+        "float": float,
+        "bool": bool,
+    }
     annotation = FIELDS[name].type
     return kinds[annotation if isinstance(annotation, str) else annotation.__name__]
 
@@ -179,6 +198,8 @@ def convert(name: str, raw: Any) -> Any:
         value: Any = Address.parse(str(raw))
     elif kind is Path:
         value = Path(str(raw))
+    elif kind is bool:
+        value = parse_bool(raw)
     elif kind is int:
         if isinstance(raw, bool) or not isinstance(raw, int | str):
             raise ValueError(f"expected an integer, got {raw!r}")
@@ -193,6 +214,17 @@ def convert(name: str, raw: Any) -> Any:
         value = raw.lower() if meta["choices"] else raw
     check_bounds(meta, value)
     return value
+
+
+def parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
 
 
 def check_bounds(meta: Mapping[str, Any], value: Any) -> None:
@@ -267,6 +299,8 @@ def render_toml(config: Config, sources: Mapping[str, str] | None = None) -> str
 def toml_value(value: Any) -> str:
     if value is None:
         return '"off"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, int | float) and not isinstance(value, bool):
         return repr(value)
     # A JSON string is a valid TOML basic string (same escapes), control characters included.

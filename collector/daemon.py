@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 from typing import Any
 
 import structlog
@@ -39,7 +40,7 @@ class Daemon:
             max_bytes=config.buffer_max_bytes,
             low_water=config.buffer_low_water,
             stats=self.stats,
-            wake_at=config.batch_size,
+            eager_acks=config.eager_ack_commit,
         )
         limits = Limits(
             config.max_event_bytes,
@@ -114,17 +115,24 @@ class Daemon:
         if self.stopped.is_set():
             return
         log.info("stopping", buffered_events=self.stats.buffer_events)
-        if self._udp_transport is not None:
-            self._udp_transport.close()
-        if self._tcp_server is not None:
-            self._tcp_server.close()
-        self.tcp.shutdown_connections()
-        self.writer.stop()
-        await self._finish_tasks()
-        await self._wait_for_connections()
-        await self.writer.close()
-        self.stopped.set()
+        try:
+            if self._udp_transport is not None:
+                self._udp_transport.close()
+            if self._tcp_server is not None:
+                self._tcp_server.close()
+            self.tcp.shutdown_connections()
+            self.writer.stop()
+            await self._finish_tasks()
+            await self._wait_for_connections()
+        finally:
+            # Always close the database: its thread would otherwise keep the process alive.
+            await self.writer.close()
+            self.stopped.set()
         log.info("stopped", **self.stats.snapshot())
+
+    @property
+    def writer_task(self) -> asyncio.Task[None]:
+        return self._tasks[0]
 
     async def _finish_tasks(self) -> None:
         writer_task, *others = self._tasks
@@ -137,6 +145,8 @@ class Daemon:
                 "final flush timed out; unacknowledged events were not stored",
                 buffered_events=self.stats.buffer_events,
             )
+        except Exception as exc:
+            log.error("the writer failed; unacknowledged events were not stored", error=repr(exc))
         await asyncio.gather(*others, return_exceptions=True)
 
     async def _wait_for_connections(self) -> None:
@@ -173,18 +183,38 @@ async def serve(config: Config) -> int:
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await daemon.start()
-        await stop_requested.wait()
-        await daemon.stop()
+        try:
+            await daemon.start()
+        except OSError as exc:
+            log.error("cannot start", error=str(exc))
+            return 1
+        return await run_until_stopped(daemon, stop_requested)
     finally:
         for signum in signals:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
-    return 0
+
+
+async def run_until_stopped(daemon: Daemon, stop_requested: asyncio.Event) -> int:
+    """Serve until asked to stop, or until the writer ends on its own (exit code 1)."""
+    waiter = asyncio.ensure_future(stop_requested.wait())
+    done, _ = await asyncio.wait([waiter, daemon.writer_task], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    failed = daemon.writer_task in done
+    if failed:
+        task = daemon.writer_task
+        error = "cancelled" if task.cancelled() else repr(task.exception())
+        log.error("the writer stopped unexpectedly", error=error)
+    await daemon.stop()
+    return 1 if failed else 0
 
 
 def run(config: Config) -> int:
     import uvloop
 
+    # The writer thread gives up the GIL during every SQLite call and must win it back
+    # from a busy event loop; Python's default 5 ms switch interval makes each such
+    # hand-off cost up to 5 ms under load. See docs/performance.md.
+    sys.setswitchinterval(config.gil_switch_interval_ms / 1000.0)
     result: Any = uvloop.run(serve(config))
     return int(result)

@@ -3,9 +3,12 @@ that applies it, so a migration is either wholly applied and recorded or not at 
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
-from typing import NamedTuple
+from collections.abc import Sequence
+from itertools import chain
+from typing import Any, NamedTuple
 
 
 class Migration(NamedTuple):
@@ -43,10 +46,39 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
-INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (ts, received_at, user_id, action, value, extra, msg_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
+EVENT_COLUMNS = ("ts", "received_at", "user_id", "action", "value", "extra", "msg_id")
+# Rows per INSERT statement, largest first. Python's sqlite3 releases the GIL around every
+# statement step, and under load each release costs a wait for the event loop thread to
+# hand the GIL back; a multi-row INSERT makes that one wait per few hundred rows instead of
+# one per row. A fixed ladder of sizes keeps the set of prepared statements small.
+INSERT_CHUNK_SIZES = (500, 50, 5, 1)
+
+
+@functools.cache
+def insert_events_sql(rows: int) -> str:
+    values = ",".join(["(" + ",".join("?" * len(EVENT_COLUMNS)) + ")"] * rows)
+    return f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {values}"
+
+
+INSERT_EVENT = insert_events_sql(1)
+
+
+def insert_plan(rows: Sequence[Sequence[Any]]) -> list[tuple[str, list[list[Any]]]]:
+    """Statements and their parameter lists (for executemany) that insert `rows` in order."""
+    plan: list[tuple[str, list[list[Any]]]] = []
+    start = 0
+    for size in INSERT_CHUNK_SIZES:
+        count = (len(rows) - start) // size
+        if count:
+            params = [
+                list(chain.from_iterable(rows[first : first + size]))
+                for first in range(start, start + count * size, size)
+            ]
+            plan.append((insert_events_sql(size), params))
+            start += count * size
+    return plan
+
+
 INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, source, reason, raw) VALUES (?, ?, ?, ?)"
 
 

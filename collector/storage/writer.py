@@ -1,8 +1,9 @@
 """The single writer: group commit from the buffer to SQLite, on aiosqlite's thread.
 
-A commit happens when `batch_size` events are buffered or the oldest buffered event is
-`batch_max_age` old, whichever comes first. Each commit is one BEGIN IMMEDIATE transaction.
-Acknowledgements are released only after COMMIT returns.
+A commit happens when `batch_size` events are buffered, when the oldest buffered event is
+`batch_max_age` old, or (with eager acks) as soon as a batch awaits its ack, whichever comes
+first; batches arriving during a commit are grouped into the next one. Each commit is one
+BEGIN IMMEDIATE transaction. Acknowledgements are released only after COMMIT returns.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
-from itertools import chain
+from collections.abc import Callable
 from pathlib import Path
 
 import aiosqlite
@@ -58,6 +58,7 @@ class Writer:
         self.buffer = buffer
         self.stats = stats
         self.batch_size = batch_size
+        buffer.wake_at = batch_size  # the buffer wakes the writer when a batch is full
         self.batch_max_age = batch_max_age
         self.synchronous = synchronous
         self.delay = delay
@@ -110,7 +111,7 @@ class Writer:
 
     async def _wait_for_batch(self) -> None:
         buffer = self.buffer
-        while not self.stopping and buffer.pending_events < self.batch_size:
+        while not self.stopping and not buffer.commit_due():
             oldest = buffer.oldest_received()
             if oldest is None:
                 return
@@ -154,26 +155,27 @@ class Writer:
         self._committed(groups, stored, stored_by_group, len(quarantine))
 
     async def _insert_groups(self, groups: list[Group]) -> dict[int, int]:
-        """Insert rows in arrival order: one executemany per acknowledged group (its counts
-        go into its ack) and one per run of unacknowledged groups."""
+        """Insert rows in arrival order: each acknowledged group on its own (its counts go
+        into its ack), each run of unacknowledged groups together."""
         stored_by_group: dict[int, int] = {}
-        run: list[list[Row]] = []
+        run: list[Row] = []
         for group in groups:
             if group.on_commit is None:
-                run.append(group.rows)
+                run.extend(group.rows)
                 continue
             if run:
-                await self._insert(chain.from_iterable(run))
+                await self._insert(run)
                 run = []
             stored_by_group[id(group)] = await self._insert(group.rows)
         if run:
-            await self._insert(chain.from_iterable(run))
+            await self._insert(run)
         return stored_by_group
 
-    async def _insert(self, rows: Iterable[Row]) -> int:
+    async def _insert(self, rows: list[Row]) -> int:
         db = self.db
         before = db.total_changes
-        await db.executemany(schema.INSERT_EVENT, rows)
+        for sql, params in schema.insert_plan(rows):
+            await db.executemany(sql, params)
         return db.total_changes - before
 
     def _committed(

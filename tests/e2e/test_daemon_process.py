@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,7 +97,8 @@ async def test_sigterm_commits_everything_already_received(db_path: Path) -> Non
 
 async def test_sigterm_sends_pending_acks_before_exit(db_path: Path) -> None:
     process = DaemonProcess(
-        db_path, ["--batch-max-age-ms", "600000", "--stats-interval", "0.05"]
+        db_path,
+        ["--batch-max-age-ms", "600000", "--eager-ack-commit", "false", "--stats-interval", "0.05"],
     ).start()
     assert process.tcp is not None
     client = await TcpClient.connect(process.tcp)
@@ -126,3 +131,19 @@ def test_garbage_datagram_is_quarantined(daemon: DaemonProcess, db_path: Path) -
     assert daemon.stop() == 0
     assert count_rows(db_path) == 1
     assert count_rows(db_path, "quarantine", "raw = x'fffefd'") == 1
+
+
+def test_a_port_in_use_is_a_clear_error_and_exit_code_1(db_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "collector", "serve", "--db", str(db_path),
+             "--udp", "off", "--query", "off", "--tcp", f"127.0.0.1:{port}",
+             "--log-format", "json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    errors = [json.loads(line) for line in result.stderr.splitlines() if '"cannot start"' in line]
+    assert len(errors) == 1 and "address already in use" in errors[0]["error"].lower()

@@ -160,7 +160,9 @@ async def test_idle_connection_is_closed(db_path: Path) -> None:
 
 
 async def test_stop_sends_pending_acks_before_closing(db_path: Path) -> None:
-    async with running_daemon(db_path, batch_max_age_ms=60_000.0, batch_size=100_000) as daemon:
+    async with running_daemon(
+        db_path, batch_max_age_ms=60_000.0, batch_size=100_000, eager_ack_commit=False
+    ) as daemon:
         assert daemon.tcp_address is not None
         client = await TcpClient.connect(daemon.tcp_address)
         await client.send({"events": events(25), "ack": "at-stop"})
@@ -183,3 +185,14 @@ async def test_malformed_envelope_with_a_usable_token_is_acknowledged_as_rejecte
         assert await client.reply() == {"ack": "odd", "stored": 0, "rejected": 4}
         await client.close()
     assert count_rows(db_path, "quarantine", "reason LIKE 'unexpected key(s)%'") == 1
+
+
+async def test_eager_ack_commit_does_not_wait_for_the_batch_age(db_path: Path) -> None:
+    # An hour-long age and a huge batch size: only the eager commit can answer in time.
+    async with running_daemon(db_path, batch_max_age_ms=3_600_000.0, batch_size=100_000) as daemon:
+        assert daemon.tcp_address is not None
+        client = await TcpClient.connect(daemon.tcp_address)
+        for n in range(3):
+            await client.send({"events": events(10), "ack": f"e{n}"})
+            assert await client.reply() == {"ack": f"e{n}", "stored": 10, "rejected": 0}
+        await client.close()

@@ -465,3 +465,40 @@ def test_commit_result_fields() -> None:
     result = CommitResult(stored=3, duplicates=1, rejected=2)
     assert result == (3, 1, 2)
     assert (result.stored, result.duplicates, result.rejected) == (3, 1, 2)
+
+
+# --- eager acks --------------------------------------------------------------------------
+
+
+def test_an_acked_group_makes_a_commit_due_at_once_with_eager_acks(clock: FakeClock) -> None:
+    buffer = make_buffer(clock, wake_at=100, eager_acks=True)
+    buffer.add_rows(rows(3), [], 0, 0)
+    assert not buffer.commit_due()
+    assert not buffer.batch_ready.is_set()
+    buffer.add(sealed_group(2))
+    assert buffer.commit_due()
+    assert buffer.batch_ready.is_set()
+    buffer.take(100)
+    assert buffer.acked_groups == 0
+    assert not buffer.commit_due()
+    assert not buffer.batch_ready.is_set()
+
+
+def test_without_eager_acks_an_acked_group_waits_for_size(clock: FakeClock) -> None:
+    buffer = make_buffer(clock, wake_at=5, eager_acks=False)
+    buffer.add(sealed_group(2))
+    assert buffer.acked_groups == 1
+    assert not buffer.commit_due()
+    buffer.add(sealed_group(3))
+    assert buffer.commit_due()
+
+
+def test_acked_groups_left_behind_by_take_keep_a_commit_due(clock: FakeClock) -> None:
+    buffer = make_buffer(clock, wake_at=100, eager_acks=True)
+    buffer.add(sealed_group(4))
+    buffer.add(sealed_group(4))
+    taken = buffer.take(4)
+    assert len(taken) == 1
+    assert buffer.acked_groups == 1
+    assert buffer.commit_due()
+    assert buffer.batch_ready.is_set()

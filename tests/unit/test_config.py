@@ -479,3 +479,36 @@ def test_every_option_has_help_and_a_valid_default() -> None:
 def test_config_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().batch_size = 1  # type: ignore[misc]
+
+
+# --- booleans ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        *[("true", True), ("YES", True), ("1", True), ("on", True)],
+        *[("false", False), ("No", False), ("0", False), ("off", False)],
+    ],
+)
+def test_boolean_option_from_the_environment(raw: str, expected: bool) -> None:
+    config, sources = load(env={"COLLECTOR_EAGER_ACK_COMMIT": raw})
+    assert config.eager_ack_commit is expected
+    assert sources["eager_ack_commit"] == "env"
+
+
+def test_boolean_option_from_toml_and_flag(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "eager_ack_commit = false\n")
+    assert load(config_file=path)[0].eager_ack_commit is False
+    assert load(flags={"eager_ack_commit": "true"}, config_file=path)[0].eager_ack_commit is True
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", ""])
+def test_boolean_option_rejects_other_words(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"eager_ack_commit .*expected true or false"):
+        load(env={"COLLECTOR_EAGER_ACK_COMMIT": raw})
+
+
+def test_boolean_renders_as_toml_boolean() -> None:
+    text = render_toml(Config(eager_ack_commit=False))
+    assert tomllib.loads(text)["eager_ack_commit"] is False
