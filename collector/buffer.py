@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from collector.codec import Row
+from collector.events import Row
 from collector.stats import Stats
 
 # received_at (ms), source, reason, raw bytes

@@ -18,8 +18,8 @@ import structlog
 
 from collector import __version__
 from collector.buffer import EventBuffer
-from collector.codec import Limits
 from collector.config import Address, Config
+from collector.events import Limits
 from collector.ingest.core import Ingest
 from collector.ingest.tcp import TcpIngest, TcpSettings
 from collector.ingest.udp import UdpIngestProtocol, udp_socket

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from collector.buffer import CommitResult, EventBuffer, Group, QuarantineRow
-from collector.codec import ROW_OVERHEAD_BYTES, Decoded, Limits, Rejection, Row
+from collector.codec import Decoded, Rejection
+from collector.events import ROW_OVERHEAD_BYTES, Limits, Row
 from collector.stats import Stats
 
 MAX_REASON_CHARS = 300

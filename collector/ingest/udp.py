@@ -8,8 +8,9 @@ from typing import Any, cast
 
 import structlog
 
-from collector.codec import UNPACK_ERRORS, decode_object, normalise, unpack_datagram
+from collector.codec import UNPACK_ERRORS, decode_object, unpack_datagram
 from collector.config import Address
+from collector.events import normalise
 from collector.ingest.core import Ingest, format_peer, now_ms, objects_in
 
 log = structlog.get_logger("collector.udp")

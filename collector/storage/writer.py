@@ -19,7 +19,7 @@ import aiosqlite
 import structlog
 
 from collector.buffer import CommitResult, EventBuffer, Group
-from collector.codec import Row
+from collector.events import Row
 from collector.stats import Stats
 from collector.storage import schema
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from collector.buffer import CommitResult, EventBuffer, Group, QuarantineRow
-from collector.codec import Row
+from collector.events import Row
 from collector.stats import Stats
 
 

@@ -13,8 +13,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from collector import codec
-from collector.codec import Decoded, Limits, Rejection, Row
+from collector import codec, events
+from collector.codec import Decoded, Rejection
+from collector.events import Limits, Row
 
 RECEIVED_AT = 1_700_000_000_000  # ms
 DEFAULT_LIMITS = Limits()
@@ -321,7 +322,7 @@ def test_sent_at_corrects_client_clock_skew(
 ) -> None:
     row = one_row({"action": "a", "ts": ts, "sent_at": sent_at}, received_at=received_at)
     assert row[0] == stored
-    assert row[0] == codec.time_to_ms(ts, "ts") + (received_at - codec.time_to_ms(sent_at, "s"))
+    assert row[0] == events.time_to_ms(ts, "ts") + (received_at - events.time_to_ms(sent_at, "s"))
     assert row[1] == received_at
 
 
@@ -847,4 +848,4 @@ def test_repack_of_an_unencodable_object_falls_back_to_repr() -> None:
 
 def test_event_error_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="action is empty"):
-        codec.normalise({"action": ""}, 0, DEFAULT_LIMITS)
+        events.normalise({"action": ""}, 0, DEFAULT_LIMITS)

@@ -13,7 +13,7 @@ import pytest
 
 from collector import codec
 from collector.buffer import CommitResult, EventBuffer
-from collector.codec import ROW_OVERHEAD_BYTES, Limits
+from collector.events import ROW_OVERHEAD_BYTES, Limits
 from collector.ingest.core import Ingest, format_peer, objects_in, sanitise
 from collector.stats import Stats
 

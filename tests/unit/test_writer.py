@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from collector.buffer import CommitResult, EventBuffer, Group, QuarantineRow
-from collector.codec import ROW_OVERHEAD_BYTES, Row
+from collector.events import ROW_OVERHEAD_BYTES, Row
 from collector.stats import Stats
 from collector.storage.writer import Writer, prepare_database
 from collector.testing import wait_until
