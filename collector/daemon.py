@@ -65,6 +65,7 @@ class Daemon:
             delay=config.writer_delay_ms / 1000.0,
         )
         self.udp_address: Address | None = None
+        self.udp_receive_buffer = 0
         self.tcp_address: Address | None = None
         self._udp_transport: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
@@ -87,6 +88,7 @@ class Daemon:
             version=__version__,
             db=str(self.config.db),
             udp=str(self.udp_address) if self.udp_address else "off",
+            udp_receive_buffer=self.udp_receive_buffer,
             tcp=str(self.tcp_address) if self.tcp_address else "off",
             query="not served yet",
             migrations_applied=migrations,
@@ -103,6 +105,8 @@ class Daemon:
             )
             self._udp_transport = transport
             self.udp_address = bound_address(sock)
+            # Linux reports twice the size asked for (it counts its own bookkeeping).
+            self.udp_receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         if config.tcp is not None:
             server = await loop.create_server(
                 self.tcp.protocol, config.tcp.host, config.tcp.port, backlog=1024

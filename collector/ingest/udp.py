@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from typing import Any, cast
 
 import structlog
@@ -74,8 +75,12 @@ def udp_socket(address: Address, receive_buffer: int) -> socket.socket:
     return sock
 
 
+# Python's socket module lacks the constant; it lets CAP_NET_ADMIN exceed rmem_max.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
+
+
 def set_receive_buffer(sock: socket.socket, size: int) -> None:
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    force = SO_RCVBUFFORCE
     if force is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, size)
