@@ -123,31 +123,31 @@ def fold_unknown_keys(event: dict[Any, Any]) -> dict[Any, Any]:
     return folded
 
 
+def check_text(value: Any, name: str, max_chars: int) -> str | None:
+    """Explain why a text field is invalid (nil is allowed here; callers decide)."""
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise EventError(f"{name} must be a string, got {type_name(value)}")
+    if not value:
+        raise EventError(f"{name} is empty")
+    if len(value) > max_chars:
+        raise EventError(f"{name} is {len(value)} characters, more than {max_chars}")
+    return value
+
+
 def check_action(action: Any) -> str:
-    if type(action) is not str:
-        if action is None:
-            raise EventError("action is missing")
-        raise EventError(f"action must be a string, got {type_name(action)}")
-    if not 0 < len(action) <= MAX_ACTION_CHARS:
-        if not action:
-            raise EventError("action is empty")
-        raise EventError(f"action is {len(action)} characters, more than {MAX_ACTION_CHARS}")
-    return action
+    if action is None:
+        raise EventError("action is missing")
+    return str(check_text(action, "action", MAX_ACTION_CHARS))
 
 
 def check_user_id(user_id: Any) -> str | None:
-    kind = type(user_id)
-    if kind is str:
-        if not 0 < len(user_id) <= MAX_USER_ID_CHARS:
-            if not user_id:
-                raise EventError("user_id is empty")
-            raise EventError(f"user_id is longer than {MAX_USER_ID_CHARS} characters")
+    if type(user_id) is int:
         return str(user_id)
-    if kind is int:
-        return str(user_id)
-    if user_id is None:
-        return None
-    raise EventError(f"user_id must be a string or an integer, got {type_name(user_id)}")
+    if user_id is not None and type(user_id) is not str:
+        raise EventError(f"user_id must be a string or an integer, got {type_name(user_id)}")
+    return check_text(user_id, "user_id", MAX_USER_ID_CHARS)
 
 
 def check_value(value: Any) -> Any:
@@ -166,15 +166,7 @@ def check_value(value: Any) -> Any:
 
 
 def check_msg_id(msg_id: Any) -> str | None:
-    if msg_id is None:
-        return None
-    if type(msg_id) is not str:
-        raise EventError(f"id must be a string, got {type_name(msg_id)}")
-    if not 0 < len(msg_id) <= MAX_MSG_ID_CHARS:
-        if not msg_id:
-            raise EventError("id is empty")
-        raise EventError(f"id is longer than {MAX_MSG_ID_CHARS} characters")
-    return msg_id
+    return check_text(msg_id, "id", MAX_MSG_ID_CHARS)
 
 
 def event_time(ts: Any, sent_at: Any, received_at: int) -> int:

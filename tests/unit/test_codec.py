@@ -127,7 +127,7 @@ def test_action_limit_counts_characters(action: str) -> None:
     ("user_id", "reason"),
     [
         ("", "user_id is empty"),
-        ("u" * 257, "user_id is longer than 256 characters"),
+        ("u" * 257, "user_id is 257 characters, more than 256"),
         (True, "user_id must be a string or an integer, got bool"),
         (False, "user_id must be a string or an integer, got bool"),
         (1.5, "user_id must be a string or an integer, got float"),
@@ -209,7 +209,7 @@ def test_value_below_int64_is_rejected() -> None:
     ("msg_id", "reason"),
     [
         ("", "id is empty"),
-        ("i" * 101, "id is longer than 100 characters"),
+        ("i" * 101, "id is 101 characters, more than 100"),
         (5, "id must be a string, got int"),
         (b"id", "id must be a string, got bin"),
         (True, "id must be a string, got bool"),
