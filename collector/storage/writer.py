@@ -64,7 +64,6 @@ class Writer:
         self.delay = delay
         self.clock = clock
         self.stopping = False
-        self.last_commit = clock()
         self._db: aiosqlite.Connection | None = None
 
     @property
@@ -187,7 +186,6 @@ class Writer:
     ) -> None:
         stats = self.stats
         now = self.clock()
-        self.last_commit = now
         stats.batches_committed += 1
         stats.events_stored += stored
         stats.events_duplicate += sum(group.events for group in groups) - stored
