@@ -110,7 +110,7 @@ class TcpIngestProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        if not self.paused:
+        if not self.paused and not self.stopping:
             self._finish_input()
         # Keep the socket open for writing until the pending acks are sent.
         return True

@@ -196,3 +196,16 @@ async def test_eager_ack_commit_does_not_wait_for_the_batch_age(db_path: Path) -
             await client.send({"events": events(10), "ack": f"e{n}"})
             assert await client.reply() == {"ack": f"e{n}", "stored": 10, "rejected": 0}
         await client.close()
+
+
+async def test_half_close_after_corrupt_bytes_counts_one_error(db_path: Path) -> None:
+    async with running_daemon(db_path) as daemon:
+        assert daemon.tcp_address is not None
+        client = await TcpClient.connect(daemon.tcp_address)
+        await client.send({"events": events(2), "ack": "ok"}, b"\xc1" * 10)
+        client.writer.write_eof()
+        assert await client.reply() == {"ack": "ok", "stored": 2, "rejected": 0}
+        assert await client.closed_by_peer()
+        assert daemon.stats.decode_errors == 1
+        assert daemon.stats.tcp_truncated_bytes == 0
+        await client.close()
