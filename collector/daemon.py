@@ -29,6 +29,8 @@ from collector.storage.writer import Writer
 log = structlog.get_logger("collector.daemon")
 
 CLOSE_WAIT_SECONDS = 2.0
+# A second signal within this many seconds of the first is the same request, delivered twice.
+REPEATED_SIGNAL_GRACE = 0.5
 
 
 class Daemon:
@@ -176,13 +178,20 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
+    first_signal_at: list[float] = []
 
     def on_signal(signum: int) -> None:
-        if stop_requested.is_set():
-            log.warning("second signal, exiting at once", signal=signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if not first_signal_at:
+            first_signal_at.append(loop.time())
+            log.info("signal received, shutting down", signal=name)
+            stop_requested.set()
+        elif loop.time() - first_signal_at[0] < REPEATED_SIGNAL_GRACE:
+            # One stop often arrives twice (make and timeout both forward SIGTERM).
+            log.info("repeated signal ignored", signal=name)
+        else:
+            log.warning("second signal, exiting at once", signal=name)
             os._exit(128 + signum)
-        log.info("signal received, shutting down", signal=signal.Signals(signum).name)
-        stop_requested.set()
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
