@@ -86,6 +86,15 @@ class Config:
         optional=True,
     )
 
+    # Queries.
+    query_timeout_ms: float = option(
+        5000.0, "a query running longer than this (ms) is stopped with ERR TIMEOUT", minimum=1
+    )
+    query_max_rows: int = option(10_000, "most rows a query returns", minimum=1)
+    query_max_line_bytes: int = option(8192, "longest command line on the query port", minimum=64)
+    query_concurrency: int = option(4, "queries running at once; more wait", minimum=1)
+    query_tz: str = option("UTC", "time zone for days and time buckets (Area/City)")
+
     # Logs and stats.
     log_level: str = option("info", "log level", choices=("debug", "info", "warning", "error"))
     log_format: str = option(

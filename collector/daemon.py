@@ -23,6 +23,9 @@ from collector.events import Limits
 from collector.ingest.core import Ingest
 from collector.ingest.tcp import TcpIngest, TcpSettings
 from collector.ingest.udp import UdpIngestProtocol, udp_socket
+from collector.query.reader import Reader
+from collector.query.server import QueryServer
+from collector.query.verbs import Context
 from collector.stats import Stats
 from collector.storage.writer import Writer
 
@@ -71,6 +74,18 @@ class Daemon:
         self.tcp_address: Address | None = None
         self._udp_transport: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
+        self.query_address: Address | None = None
+        self._query_server: asyncio.Server | None = None
+        self.reader = Reader(
+            config.db,
+            timeout=config.query_timeout_ms / 1000.0,
+            max_rows=config.query_max_rows,
+            concurrency=config.query_concurrency,
+        )
+        self.queries = QueryServer(
+            Context(self.reader, self.stats, config.db, config.query_tz, config.query_max_rows),
+            max_line_bytes=config.query_max_line_bytes,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
 
@@ -92,7 +107,7 @@ class Daemon:
             udp=str(self.udp_address) if self.udp_address else "off",
             udp_receive_buffer=self.udp_receive_buffer,
             tcp=str(self.tcp_address) if self.tcp_address else "off",
-            query="not served yet",
+            query=str(self.query_address) if self.query_address else "off",
             migrations_applied=migrations,
             synchronous=self.config.synchronous,
         )
@@ -115,6 +130,15 @@ class Daemon:
             )
             self._tcp_server = server
             self.tcp_address = bound_address(server.sockets[0])
+        if config.query is not None:
+            query_server = await asyncio.start_server(
+                self.queries.handle,
+                config.query.host,
+                config.query.port,
+                limit=config.query_max_line_bytes + 2,
+            )
+            self._query_server = query_server
+            self.query_address = bound_address(query_server.sockets[0])
 
     async def stop(self) -> None:
         """Stop accepting, commit everything buffered, send acks, checkpoint, close."""
@@ -126,12 +150,17 @@ class Daemon:
                 self._udp_transport.close()
             if self._tcp_server is not None:
                 self._tcp_server.close()
+            if self._query_server is not None:
+                self._query_server.close()
+            for task in list(self.queries.connections):
+                task.cancel()
             self.tcp.shutdown_connections()
             self.writer.stop()
             await self._finish_tasks()
             await self._wait_for_connections()
         finally:
             # Always close the database: its thread would otherwise keep the process alive.
+            self.reader.close()
             await self.writer.close()
             self.stopped.set()
         log.info("stopped", **self.stats.snapshot())

@@ -27,12 +27,12 @@ IO_TIMEOUT = 10.0
 
 
 def test_config(db: Path, **overrides: Any) -> Config:
-    """A config bound to free loopback ports, with the query port and stats logs off."""
+    """A config bound to free loopback ports, with the stats logs off."""
     values: dict[str, Any] = {
         "db": db,
         "udp": LOOPBACK_ANY_PORT,
         "tcp": LOOPBACK_ANY_PORT,
-        "query": None,
+        "query": LOOPBACK_ANY_PORT,
         "stats_interval": 0.0,
     }
     values.update(overrides)
@@ -82,6 +82,7 @@ class DaemonProcess:
         self.process: subprocess.Popen[str] | None = None
         self.udp: Address | None = None
         self.tcp: Address | None = None
+        self.query: Address | None = None
         self.startup: dict[str, Any] = {}
         self.log_lines: list[str] = []
         self._new_line = threading.Condition()
@@ -90,7 +91,7 @@ class DaemonProcess:
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "collector", "serve", "--db", str(self.db),
-            "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--query", "off",
+            "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--query", "127.0.0.1:0",
             "--log-format", "json", *self.args,
         ]  # fmt: skip
 
@@ -104,6 +105,7 @@ class DaemonProcess:
         self.startup = self.wait_for_log(lambda r: r.get("event") == "collector started", timeout)
         self.udp = parse_address(self.startup.get("udp"))
         self.tcp = parse_address(self.startup.get("tcp"))
+        self.query = parse_address(self.startup.get("query"))
         return self
 
     def _read_logs(self) -> None:
@@ -219,6 +221,45 @@ class TcpClient:
             while await self.reader.read(65536):
                 pass
         return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+class QueryClient:
+    """A client of the query port: send lines, read replies up to their status line."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, address: Address) -> QueryClient:
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        return cls(reader, writer)
+
+    async def send(self, *lines: str) -> None:
+        self.writer.write("".join(line + "\n" for line in lines).encode())
+        await self.writer.drain()
+
+    async def reply(self, within: float = IO_TIMEOUT) -> tuple[list[str], str]:
+        """The data lines (one leading "." removed where stuffed) and the status line."""
+        data: list[str] = []
+        async with asyncio.timeout(within):
+            while True:
+                raw = await self.reader.readline()
+                if not raw:
+                    raise EOFError("query connection closed before a status line")
+                line = raw.decode().rstrip("\r\n")
+                if line == "OK" or line.startswith(("OK ", "ERR ")):
+                    return data, line
+                data.append(line[1:] if line.startswith(".") else line)
+
+    async def ask(self, line: str, within: float = IO_TIMEOUT) -> tuple[list[str], str]:
+        await self.send(line)
+        return await self.reply(within)
 
     async def close(self) -> None:
         self.writer.close()

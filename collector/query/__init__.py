@@ -1,0 +1,1 @@
+"""The query side: a line protocol on the query port, read-only access to the database."""

@@ -1,0 +1,82 @@
+"""Read-only access for queries: own connections, a time limit, a row cap.
+
+Queries run on threads, never on the event loop, and never on the writer's connection. Each
+query is one statement in autocommit mode, so its read snapshot ends with it and long-lived
+readers cannot hold back the writer's checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from collector.query.compiler import Query
+from collector.query.errors import QueryError
+
+PROGRESS_STEPS = 10_000
+BUSY_WAIT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Rows:
+    rows: list[tuple[Any, ...]]
+    truncated: bool
+    seconds: float
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+class Reader:
+    def __init__(self, path: Path, timeout: float, max_rows: int, concurrency: int) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.max_rows = max_rows
+        self.slots = asyncio.Semaphore(concurrency)
+        self.idle: list[sqlite3.Connection] = []
+
+    async def fetch(self, query: Query, max_rows: int | None = None) -> Rows:
+        cap = self.max_rows if max_rows is None else min(max_rows, self.max_rows)
+        try:
+            await asyncio.wait_for(self.slots.acquire(), BUSY_WAIT_SECONDS)
+        except TimeoutError:
+            raise QueryError("BUSY", "every query slot is in use; try again") from None
+        conn = self.idle.pop() if self.idle else open_read_only(self.path)
+        try:
+            return await asyncio.to_thread(self._run, conn, query, cap)
+        finally:
+            self.idle.append(conn)
+            self.slots.release()
+
+    def _run(self, conn: sqlite3.Connection, query: Query, cap: int) -> Rows:
+        started = time.monotonic()
+        deadline = started + self.timeout
+        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
+        cursor = None
+        try:
+            cursor = conn.execute(query.sql, query.params)
+            rows = cursor.fetchmany(cap + 1)
+        except sqlite3.OperationalError as exc:
+            if "interrupted" in str(exc):
+                limit = f"{self.timeout:g}s"
+                raise QueryError("TIMEOUT", f"query stopped after {limit}") from None
+            raise QueryError("INTERNAL", f"database error: {exc}") from None
+        finally:
+            if cursor is not None:
+                cursor.close()
+            conn.set_progress_handler(None, 0)
+        return Rows(rows[:cap], len(rows) > cap, time.monotonic() - started)
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()

@@ -1,0 +1,165 @@
+"""The query port: one command per line, answered in order, each reply ending in a status line.
+
+Framing and limits live here; what each verb does lives in verbs.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import structlog
+
+from collector.query import verbs
+from collector.query.errors import QueryError
+from collector.query.output import FORMATS, Reply, render
+from collector.query.parser import Command, parse
+from collector.query.verbs import Context, Handler, Session
+
+log = structlog.get_logger("collector.query")
+
+
+@dataclass(frozen=True)
+class Verb:
+    handler: Handler
+    usage: str
+    summary: str
+
+
+VERBS: dict[str, Verb] = {
+    "HELP": Verb(
+        lambda ctx, session, command: help_verb(command),
+        "HELP [VERB]",
+        "list the verbs, or explain one",
+    ),
+    "PING": Verb(verbs.ping, "PING", "answers OK PONG"),
+    "QUIT": Verb(verbs.quit_, "QUIT", "close the connection"),
+    "FORMAT": Verb(verbs.set_format, "FORMAT text|json", "output format of this connection"),
+    "STATS": Verb(verbs.stats, "STATS", "every counter of the daemon, database size, uptime"),
+    "COUNT": Verb(
+        verbs.count,
+        "COUNT [filters] [by=hour|day|week|month|action|value|user|extra.KEY]",
+        "number of events, grouped with by=",
+    ),
+    "UNIQUE": Verb(
+        verbs.unique, "UNIQUE [filters] [by=...]", "number of distinct users (DAU with by=day)"
+    ),
+    "TOP": Verb(
+        verbs.top,
+        "TOP FIELD [n=10] [filters]",
+        "most frequent values of action, value, user or extra.KEY, with events and users",
+    ),
+    "EVENTS": Verb(
+        verbs.events, "EVENTS [filters] [limit=100] [order=asc|desc]", "raw events, newest first"
+    ),
+    "QUARANTINE": Verb(verbs.quarantine, "QUARANTINE [limit=20]", "latest rejected inputs"),
+}
+
+FILTER_HELP = [
+    "filters: action=, user=, value=, extra.KEY= (dotted keys reach nested maps);",
+    "  != negates, a,b,c means any of, * is a wildcard; since= until= on=DAY tz=Area/City",
+    "times: now today yesterday -30m -6h -7d -2w 2024-05-01 2024-05-01T12:00Z 1714567890",
+    "every command also takes format=text|json",
+]
+
+
+class QueryServer:
+    def __init__(self, context: Context, max_line_bytes: int) -> None:
+        self.context = context
+        self.max_line_bytes = max_line_bytes
+        self.connections: set[asyncio.Task[None]] = set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.connections.add(task)
+        session = Session()
+        try:
+            await self.serve_lines(reader, writer, session)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if task is not None:
+                self.connections.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def serve_lines(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session
+    ) -> None:
+        while not session.quit:
+            line = await self.read_line(reader)
+            if line is None:
+                return
+            reply_lines = await self.answer(line, session)
+            writer.write(("\r\n".join(reply_lines) + "\r\n").encode())
+            await writer.drain()
+
+    async def read_line(self, reader: asyncio.StreamReader) -> str | bytes | None:
+        """The next line as text, or bytes b"" for a line over the limit; None at EOF."""
+        try:
+            raw = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            raw = exc.partial
+            if not raw:
+                return None
+        except asyncio.LimitOverrunError:
+            await discard_line(reader)
+            return b""
+        if len(raw) > self.max_line_bytes:
+            return b""
+        return raw.decode("utf-8", errors="replace").rstrip("\r\n")
+
+    async def answer(self, line: str | bytes, session: Session) -> list[str]:
+        if isinstance(line, bytes):
+            message = f"line longer than {self.max_line_bytes} bytes"
+            return [QueryError("LIMIT", message).status_line()]
+        fmt = session.format
+        try:
+            command = parse(line)
+            if command is None:
+                return [QueryError("SYNTAX", "empty line; try HELP").status_line()]
+            fmt = command_format(command, session.format)
+            reply = await self.dispatch(command, session)
+        except QueryError as exc:
+            return [exc.status_line()]
+        except Exception as exc:
+            log.exception("query failed", line=line[:200])
+            return [QueryError("INTERNAL", f"{type(exc).__name__}").status_line()]
+        return render(reply, fmt)
+
+    async def dispatch(self, command: Command, session: Session) -> Reply:
+        verb = VERBS.get(command.verb)
+        if verb is None:
+            raise QueryError("UNKNOWN", f"unknown verb {command.verb}; try HELP")
+        return await verb.handler(self.context, session, command)
+
+
+def command_format(command: Command, default: str) -> str:
+    fmt = command.options.get("format", default).lower()
+    if fmt not in FORMATS:
+        raise QueryError("ARG", f"format= must be text or json, got {fmt!r}")
+    return fmt
+
+
+async def help_verb(command: Command) -> Reply:
+    if not command.args:
+        lines = [f"{verb.usage:<72} {verb.summary}" for verb in VERBS.values()]
+        return Reply(lines=[*lines, *FILTER_HELP], summary=f"{len(VERBS)} verbs")
+    name = command.args[0].upper()
+    verb = VERBS.get(name)
+    if verb is None:
+        raise QueryError("UNKNOWN", f"unknown verb {name}; try HELP")
+    return Reply(lines=[verb.usage, f"  {verb.summary}", *FILTER_HELP], summary=name)
+
+
+async def discard_line(reader: asyncio.StreamReader) -> None:
+    """Skip the rest of an over-long line without buffering it."""
+    while True:
+        try:
+            await reader.readuntil(b"\n")
+            return
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(exc.consumed)

@@ -1,0 +1,235 @@
+"""One handler per verb: Command -> Reply. Shared time window and filter handling."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from collector import __version__
+from collector.query import compiler, timeexpr
+from collector.query.errors import QueryError
+from collector.query.output import FORMATS, Reply, Table
+from collector.query.parser import Command
+from collector.query.reader import Reader
+from collector.stats import Stats
+
+WINDOW_OPTIONS = ("since", "until", "on", "tz")
+
+
+@dataclass
+class Session:
+    """Per-connection state."""
+
+    format: str = "text"
+    quit: bool = False
+
+
+@dataclass
+class Context:
+    """What every verb may use."""
+
+    reader: Reader
+    stats: Stats
+    db_path: Path
+    default_tz: str
+    max_rows: int
+
+
+Handler = Callable[[Context, Session, Command], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class Window:
+    since: int | None
+    until: int | None
+    zone: datetime.tzinfo
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def allow_options(command: Command, *names: str) -> None:
+    unknown = sorted(set(command.options) - set(names) - {"format"})
+    if unknown:
+        allowed = ", ".join(names) or "none"
+        raise QueryError("ARG", f"{command.verb} does not take {unknown[0]}= (options: {allowed})")
+
+
+def window(ctx: Context, command: Command) -> Window:
+    options = command.options
+    zone = timeexpr.resolve_zone(options.get("tz") or ctx.default_tz)
+    now = now_ms()
+    if "on" in options:
+        if "since" in options or "until" in options:
+            raise QueryError("ARG", "on= cannot be combined with since= or until=")
+        start, end = timeexpr.day_range(options["on"], now, zone)
+        return Window(start, end, zone)
+    since = timeexpr.parse_time(options["since"], now, zone) if "since" in options else None
+    until = timeexpr.parse_time(options["until"], now, zone) if "until" in options else None
+    return Window(since, until, zone)
+
+
+def positive_int(command: Command, name: str, default: int, maximum: int) -> int:
+    raw = command.options.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise QueryError("ARG", f"{name}= must be a positive integer, got {raw!r}")
+    if int(raw) > maximum:
+        raise QueryError("LIMIT", f"{name}={raw} is more than the limit of {maximum}")
+    return int(raw)
+
+
+def rows_summary(count: int, truncated: bool, seconds: float) -> str:
+    more = " (more rows not shown)" if truncated else ""
+    return f"{count} rows {seconds * 1000:.1f}ms{more}"
+
+
+async def ping(ctx: Context, session: Session, command: Command) -> Reply:
+    return Reply(summary="PONG")
+
+
+async def quit_(ctx: Context, session: Session, command: Command) -> Reply:
+    session.quit = True
+    return Reply(summary="bye")
+
+
+async def set_format(ctx: Context, session: Session, command: Command) -> Reply:
+    if len(command.args) != 1 or command.args[0].lower() not in FORMATS:
+        raise QueryError("ARG", "usage: FORMAT text|json")
+    session.format = command.args[0].lower()
+    return Reply(summary=f"format {session.format}")
+
+
+async def stats(ctx: Context, session: Session, command: Command) -> Reply:
+    allow_options(command)
+    values: dict[str, Any] = {"version": __version__, **ctx.stats.snapshot()}
+    query = compiler.Query("SELECT count(*), min(ts), max(ts) FROM events", (), ())
+    result = await ctx.reader.fetch(query)
+    count, oldest, newest = result.rows[0]
+    zone = timeexpr.resolve_zone(ctx.default_tz)
+    values["events_in_database"] = count
+    values["oldest_event"] = None if oldest is None else timeexpr.format_ms(oldest, zone)
+    values["newest_event"] = None if newest is None else timeexpr.format_ms(newest, zone)
+    values["database_bytes"] = file_size(ctx.db_path)
+    values["wal_bytes"] = file_size(ctx.db_path.with_name(ctx.db_path.name + "-wal"))
+    table = Table(("name", "value"), [(name, value) for name, value in values.items()])
+    return Reply(table=table, summary=f"{len(values)} values")
+
+
+def file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+async def count(ctx: Context, session: Session, command: Command) -> Reply:
+    return await count_or_unique(ctx, command, distinct_users=False)
+
+
+async def unique(ctx: Context, session: Session, command: Command) -> Reply:
+    return await count_or_unique(ctx, command, distinct_users=True)
+
+
+async def count_or_unique(ctx: Context, command: Command, distinct_users: bool) -> Reply:
+    allow_options(command, *WINDOW_OPTIONS, "by", "limit")
+    span = window(ctx, command)
+    group = command.options.get("by")
+    if group in compiler.TIME_UNITS:
+        return await bucket_counts(ctx, command, span, group, distinct_users)
+    if group is not None and group not in compiler.GROUP_FIELDS:
+        compiler.field_expression(group)  # raises for an unknown field
+    where = compiler.build_where(command.filters, span.since, span.until)
+    limit = positive_int(command, "limit", ctx.max_rows, ctx.max_rows)
+    result = await ctx.reader.fetch(compiler.count_query(where, distinct_users, group, limit))
+    query_columns = compiler.count_query(where, distinct_users, group, limit).columns
+    table = Table(query_columns, list(result.rows))
+    return Reply(
+        table=table, summary=rows_summary(len(result.rows), result.truncated, result.seconds)
+    )
+
+
+async def bucket_counts(
+    ctx: Context, command: Command, span: Window, unit: str, distinct_users: bool
+) -> Reply:
+    end = span.until if span.until is not None else now_ms()
+    start = span.since if span.since is not None else await first_event_time(ctx, command)
+    if start is None or start >= end:
+        return Reply(
+            table=Table(("bucket", "users" if distinct_users else "events")), summary="0 rows"
+        )
+    starts = timeexpr.bucket_starts(start, end, unit, span.zone)
+    query = compiler.bucket_query(command.filters, distinct_users, starts, end)
+    result = await ctx.reader.fetch(query, max_rows=compiler.MAX_BUCKETS)
+    rows = [(timeexpr.bucket_label(bucket, unit, span.zone), n) for bucket, n in result.rows]
+    return Reply(
+        table=Table(query.columns, rows), summary=rows_summary(len(rows), False, result.seconds)
+    )
+
+
+async def first_event_time(ctx: Context, command: Command) -> int | None:
+    where = compiler.build_where(command.filters, None, None)
+    query = compiler.Query(
+        f"SELECT min(ts) FROM events WHERE {where.sql()}", tuple(where.params), ()
+    )
+    result = await ctx.reader.fetch(query)
+    value = result.rows[0][0]
+    return None if value is None else int(value)
+
+
+async def top(ctx: Context, session: Session, command: Command) -> Reply:
+    allow_options(command, *WINDOW_OPTIONS, "n")
+    if len(command.args) != 1:
+        raise QueryError(
+            "ARG", "usage: TOP FIELD [n=10] [filters]; FIELD is action, value, user or extra.KEY"
+        )
+    group = command.args[0]
+    span = window(ctx, command)
+    where = compiler.build_where(command.filters, span.since, span.until)
+    limit = positive_int(command, "n", 10, ctx.max_rows)
+    query = compiler.top_query(where, group, limit)
+    result = await ctx.reader.fetch(query)
+    return Reply(
+        table=Table(query.columns, list(result.rows)),
+        summary=rows_summary(len(result.rows), False, result.seconds),
+    )
+
+
+async def events(ctx: Context, session: Session, command: Command) -> Reply:
+    allow_options(command, *WINDOW_OPTIONS, "limit", "order")
+    span = window(ctx, command)
+    order = command.options.get("order", "desc").lower()
+    if order not in ("asc", "desc"):
+        raise QueryError("ARG", f"order= must be asc or desc, got {order!r}")
+    where = compiler.build_where(command.filters, span.since, span.until)
+    limit = positive_int(command, "limit", 100, ctx.max_rows)
+    query = compiler.events_query(where, limit, descending=order == "desc")
+    result = await ctx.reader.fetch(query)
+    rows = [event_row(row, span.zone) for row in result.rows]
+    return Reply(
+        table=Table(query.columns, rows), summary=rows_summary(len(rows), False, result.seconds)
+    )
+
+
+def event_row(row: tuple[Any, ...], zone: datetime.tzinfo) -> tuple[Any, ...]:
+    event_id, ts, received_at, *rest = row
+    return (event_id, timeexpr.format_ms(ts, zone), timeexpr.format_ms(received_at, zone), *rest)
+
+
+async def quarantine(ctx: Context, session: Session, command: Command) -> Reply:
+    allow_options(command, "limit", "tz")
+    zone = timeexpr.resolve_zone(command.options.get("tz") or ctx.default_tz)
+    limit = positive_int(command, "limit", 20, ctx.max_rows)
+    query = compiler.quarantine_query(limit)
+    result = await ctx.reader.fetch(query)
+    rows = [(r[0], timeexpr.format_ms(r[1], zone), *r[2:]) for r in result.rows]
+    return Reply(
+        table=Table(query.columns, rows), summary=rows_summary(len(rows), False, result.seconds)
+    )

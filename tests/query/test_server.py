@@ -1,0 +1,206 @@
+"""The query port against an in-process daemon: framing, errors, verbs, formats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from collector.daemon import Daemon
+from collector.testing import QueryClient, TcpClient, running_daemon
+
+
+def at(iso_day: str, hour: int = 12) -> msgpack.Timestamp:
+    moment = datetime.fromisoformat(iso_day).replace(hour=hour, tzinfo=UTC)
+    return msgpack.Timestamp(int(moment.timestamp()), 0)
+
+
+SEED = [
+    {"action": "signup", "user_id": "u1", "ts": at("2024-05-01", 9), "extra": {"plan": "pro"}},
+    {"action": "login", "user_id": "u1", "ts": at("2024-05-01", 10), "value": 3},
+    {"action": "login", "user_id": "u2", "ts": at("2024-05-01", 11), "value": 4},
+    {"action": "click", "user_id": "u2", "ts": at("2024-05-03", 8), "value": "buy button"},
+    {
+        "action": "click",
+        "user_id": "u3",
+        "ts": at("2024-05-03", 9),
+        "extra": {"page": {"path": "/a"}},
+    },
+    {"action": "OK", "user_id": "u3", "ts": at("2024-05-03", 10)},
+]
+
+
+@pytest.fixture
+async def daemon(db_path: Path) -> AsyncIterator[Daemon]:
+    async with running_daemon(db_path) as running:
+        assert running.tcp_address is not None
+        client = await TcpClient.connect(running.tcp_address)
+        await client.send({"events": SEED, "ack": "seed"})
+        assert (await client.reply())["stored"] == len(SEED)
+        await client.close()
+        yield running
+
+
+@pytest.fixture
+async def query(daemon: Daemon) -> AsyncIterator[QueryClient]:
+    assert daemon.query_address is not None
+    client = await QueryClient.connect(daemon.query_address)
+    yield client
+    await client.close()
+
+
+def column(lines: list[str], index: int) -> list[str]:
+    return [line.split()[index] for line in lines[1:]]
+
+
+async def test_ping_and_pipelined_commands_answer_in_order(query: QueryClient) -> None:
+    await query.send("PING", "count", "ping")
+    assert await query.reply() == ([], "OK PONG")
+    data, status = await query.reply()
+    assert data == ["events", "6"]
+    assert status.startswith("OK 1 rows")
+    assert await query.reply() == ([], "OK PONG")
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        ("FROB", "ERR UNKNOWN unknown verb FROB; try HELP"),
+        ('COUNT action="signup', "ERR SYNTAX unbalanced quote at column 14"),
+        ("COUNT since=yesterdayy", "ERR ARG"),
+        ("COUNT bogus=1", "ERR ARG COUNT does not take bogus="),
+        ("EVENTS limit=0", "ERR ARG limit= must be a positive integer, got '0'"),
+        ("EVENTS limit=99999999", "ERR LIMIT"),
+        ("FORMAT xml", "ERR ARG usage: FORMAT text|json"),
+        ("", "ERR SYNTAX empty line; try HELP"),
+    ],
+)
+async def test_errors_are_one_status_line(query: QueryClient, line: str, status: str) -> None:
+    data, reply = await query.ask(line)
+    assert data == []
+    assert reply.startswith(status)
+
+
+async def test_a_line_over_the_limit_is_refused_and_the_connection_lives(
+    query: QueryClient,
+) -> None:
+    await query.send("COUNT action=" + "x" * 10_000, "PING")
+    assert await query.reply() == ([], "ERR LIMIT line longer than 8192 bytes")
+    assert await query.reply() == ([], "OK PONG")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("COUNT", "6"),
+        ("COUNT action=login", "2"),
+        ("COUNT action=login,signup", "3"),
+        ("COUNT action!=login", "4"),
+        ("COUNT action=log*", "2"),
+        ("COUNT value=3", "1"),
+        ('COUNT value="buy button"', "1"),
+        ("COUNT extra.plan=pro", "1"),
+        ("COUNT extra.page.path=/a", "1"),
+        ("COUNT extra.plan!=pro", "5"),
+        ("COUNT user=u3", "2"),
+        ("COUNT on=2024-05-01", "3"),
+        ("COUNT since=2024-05-02", "3"),
+        ("COUNT until=2024-05-01T10:30Z", "2"),
+        ("COUNT on=2024-05-01 tz=America/New_York", "3"),
+        ("UNIQUE", "3"),
+        ("UNIQUE on=2024-05-03", "2"),
+    ],
+)
+async def test_count_and_unique_with_filters(query: QueryClient, line: str, expected: str) -> None:
+    data, status = await query.ask(line)
+    assert status.startswith("OK")
+    assert data[1:] == [expected]
+
+
+async def test_count_by_day_lists_empty_days(query: QueryClient) -> None:
+    data, _ = await query.ask("COUNT by=day since=2024-04-30 until=2024-05-04")
+    assert data[0].split() == ["bucket", "events"]
+    assert [line.split() for line in data[1:]] == [
+        ["2024-04-30", "0"],
+        ["2024-05-01", "3"],
+        ["2024-05-02", "0"],
+        ["2024-05-03", "3"],
+    ]
+
+
+async def test_unique_by_day_in_json(query: QueryClient) -> None:
+    data, _ = await query.ask("UNIQUE by=day since=2024-05-01 until=2024-05-04 format=json")
+    assert [json.loads(line) for line in data] == [
+        {"bucket": "2024-05-01", "users": 2},
+        {"bucket": "2024-05-02", "users": 0},
+        {"bucket": "2024-05-03", "users": 2},
+    ]
+
+
+async def test_count_by_field(query: QueryClient) -> None:
+    data, _ = await query.ask("COUNT by=action format=json")
+    assert [json.loads(line) for line in data] == [
+        {"action": "click", "events": 2},
+        {"action": "login", "events": 2},
+        {"action": "OK", "events": 1},
+        {"action": "signup", "events": 1},
+    ]
+
+
+async def test_top_gives_events_and_users(query: QueryClient) -> None:
+    await query.ask("FORMAT json")
+    data, status = await query.ask("TOP user n=2")
+    assert [json.loads(line) for line in data] == [
+        {"user": "u1", "events": 2, "users": 1},
+        {"user": "u2", "events": 2, "users": 1},
+    ]
+    assert status.startswith("OK 2 rows")
+
+
+async def test_events_newest_first_with_times_and_stuffing(query: QueryClient) -> None:
+    data, _ = await query.ask("EVENTS limit=2")
+    assert data[0].split()[:5] == ["id", "ts", "received_at", "user_id", "action"]
+    # The action "OK" would read as a status line; it arrives stuffed and unstuffed here.
+    assert data[1].split()[1] == "2024-05-03T10:00:00.000Z"
+    assert data[1].split()[4] == "OK"
+    assert data[2].split()[4] == "click"
+
+
+async def test_events_in_json_keep_types(query: QueryClient) -> None:
+    data, _ = await query.ask("EVENTS action=login order=asc format=json")
+    rows = [json.loads(line) for line in data]
+    assert [(r["user_id"], r["value"]) for r in rows] == [("u1", 3), ("u2", 4)]
+    assert rows[0]["ts"] == "2024-05-01T10:00:00.000Z"
+
+
+async def test_quarantine_lists_rejected_input(daemon: Daemon, query: QueryClient) -> None:
+    assert daemon.tcp_address is not None
+    client = await TcpClient.connect(daemon.tcp_address)
+    await client.send({"events": [{"value": 1}], "ack": "bad"})
+    assert (await client.reply())["rejected"] == 1
+    await client.close()
+    data, _ = await query.ask("QUARANTINE format=json")
+    [row] = [json.loads(line) for line in data]
+    assert row["reason"] == "action is missing"
+    assert row["source"].startswith("tcp:127.0.0.1:")
+
+
+async def test_stats_reports_counters_and_database(query: QueryClient) -> None:
+    data, _ = await query.ask("STATS format=json")
+    values = {r["name"]: r["value"] for r in map(json.loads, data)}
+    assert values["events_in_database"] == 6
+    assert values["events_stored"] == 6
+    assert values["oldest_event"] == "2024-05-01T09:00:00.000Z"
+    assert values["database_bytes"] > 0
+
+
+async def test_help_lists_every_verb_and_quit_closes(query: QueryClient) -> None:
+    data, status = await query.ask("help")
+    assert any(line.startswith("COUNT") for line in data)
+    assert status.startswith("OK")
+    assert await query.ask("QUIT") == ([], "OK bye")
+    assert await query.reader.read() == b""
