@@ -159,3 +159,18 @@ def quarantine_query(limit: int) -> Query:
         " FROM quarantine ORDER BY id DESC LIMIT ?"
     )
     return Query(sql, (limit,), ("id", "received_at", "source", "reason", "bytes", "raw_hex"))
+
+
+def user_summary_query(where: Where) -> Query:
+    sql = (
+        f"SELECT min(ts), max(ts), count(*), count(DISTINCT action) FROM events WHERE {where.sql()}"
+    )
+    return Query(sql, tuple(where.params), ("first_seen", "last_seen", "events", "actions"))
+
+
+def users_query(where: Where, minimum: int, limit: int) -> Query:
+    sql = (
+        f"SELECT user_id, count(*) AS n FROM events WHERE user_id IS NOT NULL AND {where.sql()}"
+        " GROUP BY user_id HAVING n >= ? ORDER BY n DESC, user_id LIMIT ?"
+    )
+    return Query(sql, (*where.params, minimum, limit), ("user", "events"))

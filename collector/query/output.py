@@ -24,9 +24,9 @@ class Table:
 
 @dataclass
 class Reply:
-    """What a verb answers: a table, plain text lines, or nothing; and a short summary."""
+    """What a verb answers: tables, plain text lines, or nothing; and a short summary."""
 
-    table: Table | None = None
+    tables: list[Table] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     summary: str = ""
 
@@ -66,8 +66,11 @@ def json_table(table: Table) -> list[str]:
 def render(reply: Reply, fmt: str) -> list[str]:
     """Data lines and the final status line of a successful reply."""
     lines: list[str] = []
-    if reply.table is not None:
-        lines += json_table(reply.table) if fmt == "json" else text_table(reply.table)
+    for number, table in enumerate(reply.tables):
+        if fmt == "json":
+            lines += json_table(table)
+        else:
+            lines += [""] * (number > 0) + text_table(table)
     if fmt == "json":
         lines += [json.dumps({"text": line}, ensure_ascii=False) for line in reply.lines]
     else:

@@ -53,6 +53,16 @@ VERBS: dict[str, Verb] = {
     "EVENTS": Verb(
         verbs.events, "EVENTS [filters] [limit=100] [order=asc|desc]", "raw events, newest first"
     ),
+    "USER": Verb(
+        verbs.user,
+        "USER USER_ID [filters] [limit=100]",
+        "one user's first and last seen, events, distinct actions, and timeline (newest first)",
+    ),
+    "USERS": Verb(
+        verbs.users,
+        "USERS [filters] [min=1]",
+        "ids of the users with at least min matching events, most active first",
+    ),
     "QUARANTINE": Verb(verbs.quarantine, "QUARANTINE [limit=20]", "latest rejected inputs"),
 }
 

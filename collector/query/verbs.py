@@ -14,7 +14,7 @@ from collector import __version__
 from collector.query import compiler, timeexpr
 from collector.query.errors import QueryError
 from collector.query.output import FORMATS, Reply, Table
-from collector.query.parser import Command
+from collector.query.parser import Command, Filter
 from collector.query.reader import Reader
 from collector.stats import Stats
 
@@ -120,7 +120,7 @@ async def stats(ctx: Context, session: Session, command: Command) -> Reply:
     values["database_bytes"] = file_size(ctx.db_path)
     values["wal_bytes"] = file_size(ctx.db_path.with_name(ctx.db_path.name + "-wal"))
     table = Table(("name", "value"), [(name, value) for name, value in values.items()])
-    return Reply(table=table, summary=f"{len(values)} values")
+    return Reply(tables=[table], summary=f"{len(values)} values")
 
 
 def file_size(path: Path) -> int:
@@ -152,7 +152,7 @@ async def count_or_unique(ctx: Context, command: Command, distinct_users: bool) 
     query_columns = compiler.count_query(where, distinct_users, group, limit).columns
     table = Table(query_columns, list(result.rows))
     return Reply(
-        table=table, summary=rows_summary(len(result.rows), result.truncated, result.seconds)
+        tables=[table], summary=rows_summary(len(result.rows), result.truncated, result.seconds)
     )
 
 
@@ -163,14 +163,14 @@ async def bucket_counts(
     start = span.since if span.since is not None else await first_event_time(ctx, command)
     if start is None or start >= end:
         return Reply(
-            table=Table(("bucket", "users" if distinct_users else "events")), summary="0 rows"
+            tables=[Table(("bucket", "users" if distinct_users else "events"))], summary="0 rows"
         )
     starts = timeexpr.bucket_starts(start, end, unit, span.zone)
     query = compiler.bucket_query(command.filters, distinct_users, starts, end)
     result = await ctx.reader.fetch(query, max_rows=compiler.MAX_BUCKETS)
     rows = [(timeexpr.bucket_label(bucket, unit, span.zone), n) for bucket, n in result.rows]
     return Reply(
-        table=Table(query.columns, rows), summary=rows_summary(len(rows), False, result.seconds)
+        tables=[Table(query.columns, rows)], summary=rows_summary(len(rows), False, result.seconds)
     )
 
 
@@ -197,7 +197,7 @@ async def top(ctx: Context, session: Session, command: Command) -> Reply:
     query = compiler.top_query(where, group, limit)
     result = await ctx.reader.fetch(query)
     return Reply(
-        table=Table(query.columns, list(result.rows)),
+        tables=[Table(query.columns, list(result.rows))],
         summary=rows_summary(len(result.rows), False, result.seconds),
     )
 
@@ -214,7 +214,7 @@ async def events(ctx: Context, session: Session, command: Command) -> Reply:
     result = await ctx.reader.fetch(query)
     rows = [event_row(row, span.zone) for row in result.rows]
     return Reply(
-        table=Table(query.columns, rows), summary=rows_summary(len(rows), False, result.seconds)
+        tables=[Table(query.columns, rows)], summary=rows_summary(len(rows), False, result.seconds)
     )
 
 
@@ -231,5 +231,46 @@ async def quarantine(ctx: Context, session: Session, command: Command) -> Reply:
     result = await ctx.reader.fetch(query)
     rows = [(r[0], timeexpr.format_ms(r[1], zone), *r[2:]) for r in result.rows]
     return Reply(
-        table=Table(query.columns, rows), summary=rows_summary(len(rows), False, result.seconds)
+        tables=[Table(query.columns, rows)], summary=rows_summary(len(rows), False, result.seconds)
     )
+
+
+async def user(ctx: Context, session: Session, command: Command) -> Reply:
+    allow_options(command, *WINDOW_OPTIONS, "limit")
+    if len(command.args) != 1:
+        raise QueryError("ARG", "usage: USER USER_ID [filters] [limit=100]")
+    span = window(ctx, command)
+    filters = (*command.filters, Filter("user", False, (command.args[0],)))
+    where = compiler.build_where(filters, span.since, span.until)
+    summary = await ctx.reader.fetch(compiler.user_summary_query(where))
+    first, last, total, actions = summary.rows[0]
+    if not total:
+        raise QueryError("ARG", f"no events for user {command.args[0]!r}")
+    head = Table(
+        ("user", "first_seen", "last_seen", "events", "actions"),
+        [(command.args[0], format_time(first, span), format_time(last, span), total, actions)],
+    )
+    limit = positive_int(command, "limit", 100, ctx.max_rows)
+    query = compiler.events_query(where, limit, descending=True)
+    result = await ctx.reader.fetch(query)
+    timeline = Table(query.columns, [event_row(row, span.zone) for row in result.rows])
+    return Reply(tables=[head, timeline], summary=f"{len(result.rows)} of {total} events")
+
+
+def format_time(ms: int, span: Window) -> str:
+    return timeexpr.format_ms(ms, span.zone)
+
+
+async def users(ctx: Context, session: Session, command: Command) -> Reply:
+    allow_options(command, *WINDOW_OPTIONS, "min", "limit")
+    span = window(ctx, command)
+    where = compiler.build_where(command.filters, span.since, span.until)
+    minimum = positive_int(command, "min", 1, 2**62)
+    limit = positive_int(command, "limit", ctx.max_rows, ctx.max_rows)
+    query = compiler.users_query(where, minimum, limit)
+    result = await ctx.reader.fetch(query)
+    table = Table(query.columns, list(result.rows))
+    summary = rows_summary(
+        len(result.rows), result.truncated or len(result.rows) == limit, result.seconds
+    )
+    return Reply(tables=[table], summary=summary)

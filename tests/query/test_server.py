@@ -204,3 +204,38 @@ async def test_help_lists_every_verb_and_quit_closes(query: QueryClient) -> None
     assert status.startswith("OK")
     assert await query.ask("QUIT") == ([], "OK bye")
     assert await query.reader.read() == b""
+
+
+async def test_user_gives_summary_then_timeline(query: QueryClient) -> None:
+    data, status = await query.ask("USER u2 format=json")
+    summary, *timeline = [json.loads(line) for line in data]
+    assert summary == {
+        "user": "u2",
+        "first_seen": "2024-05-01T11:00:00.000Z",
+        "last_seen": "2024-05-03T08:00:00.000Z",
+        "events": 2,
+        "actions": 2,
+    }
+    assert [e["action"] for e in timeline] == ["click", "login"]
+    assert status.startswith("OK 2 of 2 events")
+
+
+async def test_user_with_filters_and_unknown_user(query: QueryClient) -> None:
+    data, _ = await query.ask("USER u1 action=login format=json")
+    assert json.loads(data[0])["events"] == 1
+    assert await query.ask("USER nobody") == ([], "ERR ARG no events for user 'nobody'")
+
+
+@pytest.mark.parametrize(
+    ("line", "users"),
+    [
+        ("USERS", ["u1", "u2", "u3"]),
+        ("USERS min=2", ["u1", "u2", "u3"]),
+        ("USERS action=login", ["u1", "u2"]),
+        ("USERS action=click,login min=2", ["u2"]),
+        ("USERS on=2024-05-03 action!=OK", ["u2", "u3"]),
+    ],
+)
+async def test_users_lists_cohorts(query: QueryClient, line: str, users: list[str]) -> None:
+    data, _ = await query.ask(line + " format=json")
+    assert sorted(json.loads(row)["user"] for row in data) == users
