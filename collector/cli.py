@@ -15,6 +15,7 @@ from collector.config import (
     FIELDS,
     ConfigError,
     env_name,
+    flag_fields,
     flag_name,
     load_config,
     render_toml,
@@ -29,7 +30,7 @@ flags > environment > file > defaults."""
 
 def option_parser() -> argparse.ArgumentParser:
     """The options shared by every command, one flag per Config field."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     group = parser.add_argument_group("options (flag / COLLECTOR_<NAME> / TOML key)")
     group.add_argument(
         "--config",
@@ -38,7 +39,8 @@ def option_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="TOML configuration file (env COLLECTOR_CONFIG)",
     )
-    for name, fld in FIELDS.items():
+    for name in flag_fields():
+        fld = FIELDS[name]
         meta = fld.metadata
         choices = f" ({'|'.join(meta['choices'])})" if meta["choices"] else ""
         default = "off" if fld.default is None else fld.default
@@ -54,17 +56,24 @@ def option_parser() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     shared = option_parser()
+    secrets = [name for name in FIELDS if name not in flag_fields()]
+    secret_help = "".join(
+        f"\n  {name}: {FIELDS[name].metadata['help']} ({env_name(name)} or the file only)"
+        for name in secrets
+    )
     parser = argparse.ArgumentParser(
         prog="collector",
-        description=DESCRIPTION,
+        allow_abbrev=False,
+        description=DESCRIPTION + ("\n\nsecrets, never on the command line:" + secret_help),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[shared],
     )
     parser.add_argument("--version", action="version", version=f"collector {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("serve", parents=[shared], help="run the daemon")
+    commands.add_parser("serve", parents=[shared], allow_abbrev=False, help="run the daemon")
     commands.add_parser(
         "check-config",
+        allow_abbrev=False,
         parents=[shared],
         help="validate the configuration and print the effective settings as TOML",
     )

@@ -54,14 +54,20 @@ def option(
     minimum: float | None = None,
     maximum: float | None = None,
     optional: bool = False,
+    secret: bool = False,
 ) -> Any:
-    """Declare an option: its default, its help text and its constraints."""
+    """Declare an option: its default, its help text and its constraints.
+
+    A secret has no command-line flag (command lines are visible to every local user) and
+    is never printed.
+    """
     meta = {
         "help": help,
         "choices": choices,
         "minimum": minimum,
         "maximum": maximum,
         "optional": optional,
+        "secret": secret,
     }
     return dataclasses.field(default=default, metadata=meta)
 
@@ -94,6 +100,11 @@ class Config:
     query_max_line_bytes: int = option(8192, "longest command line on the query port", minimum=64)
     query_concurrency: int = option(4, "queries running at once; more wait", minimum=1)
     query_tz: str = option("UTC", "time zone for days and time buckets (Area/City)")
+    query_token: str = option(
+        "", "token that AUTH must present before other verbs (empty: no AUTH)", secret=True
+    )
+    query_token_file: str = option("", "file holding the query token (read at start and on reload)")
+    query_sql_enabled: bool = option(True, "allow the read-only SQL verb")
 
     # Logs and stats.
     log_level: str = option("info", "log level", choices=("debug", "info", "warning", "error"))
@@ -177,6 +188,11 @@ FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fiel
 
 def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
+
+
+def flag_fields() -> list[str]:
+    """Options that have a command-line flag (all but secrets)."""
+    return [name for name, fld in FIELDS.items() if not fld.metadata["secret"]]
 
 
 def flag_name(name: str) -> str:
@@ -278,6 +294,9 @@ def load_config(
     if config_file is not None:
         layers.append((f"file {config_file}", read_toml(config_file)))
     layers.append(("env", {n: env[env_name(n)] for n in FIELDS if env_name(n) in env}))
+    secret_flags = sorted(set(flags or {}) - set(flag_fields()))
+    if secret_flags:
+        raise ConfigError(f"{secret_flags[0]} is secret: set it in the environment or a file")
     layers.append(("flag", dict(flags or {})))
 
     values: dict[str, Any] = {}
@@ -301,7 +320,9 @@ def render_toml(config: Config, sources: Mapping[str, str] | None = None) -> str
         if sources is not None:
             note += f" [{sources[name]}]"
         lines.append(f"# {note}")
-        lines.append(f"{name} = {toml_value(getattr(config, name))}")
+        value = getattr(config, name)
+        shown = '"(set, not shown)"' if fld.metadata["secret"] and value else toml_value(value)
+        lines.append(f"{name} = {shown}")
     return "\n".join(lines) + "\n"
 
 

@@ -83,13 +83,21 @@ class Daemon:
             concurrency=config.query_concurrency,
         )
         self.queries = QueryServer(
-            Context(self.reader, self.stats, config.db, config.query_tz, config.query_max_rows),
+            Context(
+                self.reader,
+                self.stats,
+                config.db,
+                config.query_tz,
+                config.query_max_rows,
+                sql_enabled=config.query_sql_enabled,
+            ),
             max_line_bytes=config.query_max_line_bytes,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
 
     async def start(self) -> None:
+        self.queries.context.token = load_query_token(self.config)
         migrations = await self.writer.open()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.writer.run(), name="writer"))
@@ -194,6 +202,15 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.stats_interval)
             log.info("stats", **self.stats.snapshot())
+
+
+def load_query_token(config: Config) -> str | None:
+    """The query token from the configuration or its file; None when AUTH is off."""
+    token = config.query_token
+    if config.query_token_file:
+        with open(config.query_token_file, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    return token or None
 
 
 def bound_address(sock: socket.socket) -> Address:

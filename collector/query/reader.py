@@ -27,6 +27,18 @@ class Rows:
     rows: list[tuple[Any, ...]]
     truncated: bool
     seconds: float
+    columns: tuple[str, ...] = ()
+
+
+# What a user's own SQL may do: read tables and call functions, nothing else (no writes,
+# no ATTACH, no PRAGMA, no schema changes).
+SQL_READ_ACTIONS = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+)
+
+
+def read_only_authorizer(action: int, *_: Any) -> int:
+    return sqlite3.SQLITE_OK if action in SQL_READ_ACTIONS else sqlite3.SQLITE_DENY
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
@@ -44,7 +56,9 @@ class Reader:
         self.slots = asyncio.Semaphore(concurrency)
         self.idle: list[sqlite3.Connection] = []
 
-    async def fetch(self, query: Query, max_rows: int | None = None) -> Rows:
+    async def fetch(
+        self, query: Query, max_rows: int | None = None, read_only_sql: bool = False
+    ) -> Rows:
         cap = self.max_rows if max_rows is None else min(max_rows, self.max_rows)
         try:
             await asyncio.wait_for(self.slots.acquire(), BUSY_WAIT_SECONDS)
@@ -52,31 +66,43 @@ class Reader:
             raise QueryError("BUSY", "every query slot is in use; try again") from None
         conn = self.idle.pop() if self.idle else open_read_only(self.path)
         try:
-            return await asyncio.to_thread(self._run, conn, query, cap)
+            return await asyncio.to_thread(self._run, conn, query, cap, read_only_sql)
         finally:
             self.idle.append(conn)
             self.slots.release()
 
-    def _run(self, conn: sqlite3.Connection, query: Query, cap: int) -> Rows:
+    def _run(self, conn: sqlite3.Connection, query: Query, cap: int, read_only_sql: bool) -> Rows:
         started = time.monotonic()
         deadline = started + self.timeout
         conn.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
+        if read_only_sql:
+            conn.set_authorizer(read_only_authorizer)
         cursor = None
         try:
             cursor = conn.execute(query.sql, query.params)
             rows = cursor.fetchmany(cap + 1)
-        except sqlite3.OperationalError as exc:
-            if "interrupted" in str(exc):
-                limit = f"{self.timeout:g}s"
-                raise QueryError("TIMEOUT", f"query stopped after {limit}") from None
-            raise QueryError("INTERNAL", f"database error: {exc}") from None
+            columns = tuple(d[0] for d in cursor.description or ())
+        except sqlite3.Error as exc:
+            raise query_error(exc, self.timeout, read_only_sql) from None
         finally:
             if cursor is not None:
                 cursor.close()
             conn.set_progress_handler(None, 0)
-        return Rows(rows[:cap], len(rows) > cap, time.monotonic() - started)
+            conn.set_authorizer(None)
+        return Rows(rows[:cap], len(rows) > cap, time.monotonic() - started, columns)
 
     def close(self) -> None:
         for conn in self.idle:
             conn.close()
         self.idle.clear()
+
+
+def query_error(exc: sqlite3.Error, timeout: float, users_sql: bool) -> QueryError:
+    text = str(exc)
+    if "interrupted" in text:
+        return QueryError("TIMEOUT", f"query stopped after {timeout:g}s")
+    if "not authorized" in text or "readonly" in text or "read-only" in text:
+        return QueryError("ARG", f"refused: queries are read-only ({text})")
+    if users_sql:
+        return QueryError("ARG", f"SQL error: {text}")
+    return QueryError("INTERNAL", f"database error: {text}")

@@ -64,7 +64,15 @@ VERBS: dict[str, Verb] = {
         "ids of the users with at least min matching events, most active first",
     ),
     "QUARANTINE": Verb(verbs.quarantine, "QUARANTINE [limit=20]", "latest rejected inputs"),
+    "AUTH": Verb(verbs.auth, "AUTH TOKEN", "authenticate this connection"),
+    "SQL": Verb(
+        verbs.sql,
+        "SQL SELECT ...",
+        "a read-only SQL query on the tables events and quarantine (time limit, row cap)",
+    ),
 }
+
+OPEN_VERBS = frozenset({"PING", "HELP", "QUIT", "AUTH"})
 
 FILTER_HELP = [
     "filters: action=, user=, value=, extra.KEY= (dotted keys reach nested maps);",
@@ -144,6 +152,9 @@ class QueryServer:
         verb = VERBS.get(command.verb)
         if verb is None:
             raise QueryError("UNKNOWN", f"unknown verb {command.verb}; try HELP")
+        needs_auth = self.context.token is not None and not session.authenticated
+        if needs_auth and command.verb not in OPEN_VERBS:
+            raise QueryError("AUTH", "authenticate first: AUTH TOKEN")
         return await verb.handler(self.context, session, command)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hmac
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from collector.query.reader import Reader
 from collector.stats import Stats
 
 WINDOW_OPTIONS = ("since", "until", "on", "tz")
+SQL_STARTS = ("SELECT", "WITH", "VALUES")
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Session:
 
     format: str = "text"
     quit: bool = False
+    authenticated: bool = False
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Context:
     db_path: Path
     default_tz: str
     max_rows: int
+    token: str | None = None
+    sql_enabled: bool = True
 
 
 Handler = Callable[[Context, Session, Command], Awaitable[Reply]]
@@ -273,4 +278,29 @@ async def users(ctx: Context, session: Session, command: Command) -> Reply:
     summary = rows_summary(
         len(result.rows), result.truncated or len(result.rows) == limit, result.seconds
     )
+    return Reply(tables=[table], summary=summary)
+
+
+async def auth(ctx: Context, session: Session, command: Command) -> Reply:
+    if ctx.token is None:
+        session.authenticated = True
+        return Reply(summary="no token is needed")
+    if len(command.args) != 1:
+        raise QueryError("ARG", "usage: AUTH TOKEN")
+    if not hmac.compare_digest(command.args[0].encode(), ctx.token.encode()):
+        raise QueryError("AUTH", "wrong token")
+    session.authenticated = True
+    return Reply(summary="authenticated")
+
+
+async def sql(ctx: Context, session: Session, command: Command) -> Reply:
+    if not ctx.sql_enabled:
+        raise QueryError("UNKNOWN", "the SQL verb is switched off (query_sql_enabled)")
+    statement = command.args[0].strip() if command.args else ""
+    if not statement.split(None, 1) or statement.split(None, 1)[0].upper() not in SQL_STARTS:
+        raise QueryError("ARG", "usage: SQL SELECT ... (read-only: SELECT, WITH or VALUES)")
+    query = compiler.Query(statement, (), ())
+    result = await ctx.reader.fetch(query, read_only_sql=True)
+    table = Table(result.columns, list(result.rows))
+    summary = rows_summary(len(result.rows), result.truncated, result.seconds)
     return Reply(tables=[table], summary=summary)

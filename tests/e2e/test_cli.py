@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
-from collector.config import FIELDS, flag_name
+from collector.config import FIELDS, env_name, flag_fields, flag_name
 
 
 def collector(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -26,9 +27,25 @@ def collector(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def test_help_documents_every_option() -> None:
     result = collector("--help")
     assert result.returncode == 0
-    for name in FIELDS:
+    for name in flag_fields():
         assert flag_name(name) in result.stdout
+    for name in set(FIELDS) - set(flag_fields()):
+        assert re.search(re.escape(flag_name(name)) + r"\b(?!-)", result.stdout) is None
+        assert env_name(name) in result.stdout
     assert "COLLECTOR_BATCH_SIZE" in result.stdout
+
+
+def test_a_secret_cannot_be_given_as_a_flag() -> None:
+    result = collector("check-config", "--query-token", "hunter2")
+    assert result.returncode == 2
+    assert "hunter2" not in result.stdout
+
+
+def test_check_config_does_not_print_secrets() -> None:
+    result = collector("check-config", env={"COLLECTOR_QUERY_TOKEN": "hunter2"})
+    assert result.returncode == 0
+    assert "hunter2" not in result.stdout
+    assert 'query_token = "(set, not shown)"' in result.stdout
 
 
 def test_check_config_applies_file_env_and_flags_in_order(tmp_path: Path) -> None:

@@ -239,3 +239,79 @@ async def test_user_with_filters_and_unknown_user(query: QueryClient) -> None:
 async def test_users_lists_cohorts(query: QueryClient, line: str, users: list[str]) -> None:
     data, _ = await query.ask(line + " format=json")
     assert sorted(json.loads(row)["user"] for row in data) == users
+
+
+async def test_sql_reads_and_reports_columns(query: QueryClient) -> None:
+    data, status = await query.ask(
+        "SQL SELECT action, count(*) AS n FROM events GROUP BY action ORDER BY n DESC, action"
+    )
+    assert data[0].split() == ["action", "n"]
+    assert [line.split() for line in data[1:3]] == [["click", "2"], ["login", "2"]]
+    assert status.startswith("OK 4 rows")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO events (ts, received_at, action) VALUES (1, 1, 'x')",
+        "DELETE FROM events",
+        "UPDATE events SET action = 'x'",
+        "ATTACH DATABASE '/tmp/other.db' AS other",
+        "PRAGMA journal_mode = DELETE",
+        "DROP TABLE events",
+        "CREATE TABLE t (x)",
+        "WITH d AS (DELETE FROM events RETURNING id) SELECT * FROM d",
+        "SELECT 1; DELETE FROM events",
+    ],
+)
+async def test_sql_refuses_anything_but_reading(query: QueryClient, statement: str) -> None:
+    data, status = await query.ask("SQL " + statement)
+    assert data == []
+    assert status.startswith("ERR ARG")
+    data, _ = await query.ask("COUNT")
+    assert data[1:] == ["6"]
+
+
+async def test_sql_row_cap_and_timeout(db_path: Path) -> None:
+    async with running_daemon(db_path, query_max_rows=3, query_timeout_ms=200.0) as daemon:
+        assert daemon.query_address is not None
+        client = await QueryClient.connect(daemon.query_address)
+        data, status = await client.ask(
+            "SQL WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 10) "
+            "SELECT i FROM n"
+        )
+        assert data == ["i", "1", "2", "3"]
+        assert status.endswith("(more rows not shown)")
+        forever = "SQL WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+        data, status = await client.ask(forever + "SELECT count(*) FROM n")
+        assert (data, status) == ([], "ERR TIMEOUT query stopped after 0.2s")
+        assert await client.ask("PING") == ([], "OK PONG")
+        await client.close()
+
+
+async def test_sql_can_be_switched_off(db_path: Path) -> None:
+    async with running_daemon(db_path, query_sql_enabled=False) as daemon:
+        assert daemon.query_address is not None
+        client = await QueryClient.connect(daemon.query_address)
+        _, status = await client.ask("SQL SELECT 1")
+        assert status.startswith("ERR UNKNOWN the SQL verb is switched off")
+        await client.close()
+
+
+async def test_auth_is_required_when_a_token_is_set(db_path: Path, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    async with running_daemon(db_path, query_token_file=str(token_file)) as daemon:
+        assert daemon.query_address is not None
+        client = await QueryClient.connect(daemon.query_address)
+        assert await client.ask("PING") == ([], "OK PONG")
+        assert await client.ask("COUNT") == ([], "ERR AUTH authenticate first: AUTH TOKEN")
+        assert await client.ask("AUTH wrong") == ([], "ERR AUTH wrong token")
+        assert await client.ask("STATS") == ([], "ERR AUTH authenticate first: AUTH TOKEN")
+        assert await client.ask("AUTH s3cret-token") == ([], "OK authenticated")
+        data, status = await client.ask("COUNT")
+        assert (data, status[:2]) == (["events", "0"], "OK")
+        await client.close()
+        other = await QueryClient.connect(daemon.query_address)
+        assert (await other.ask("EVENTS"))[1].startswith("ERR AUTH")
+        await other.close()
