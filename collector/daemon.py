@@ -90,6 +90,7 @@ class Daemon:
                 config.query_tz,
                 config.query_max_rows,
                 sql_enabled=config.query_sql_enabled,
+                commits=self.writer.commits,
             ),
             max_line_bytes=config.query_max_line_bytes,
         )

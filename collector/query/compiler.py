@@ -144,11 +144,12 @@ def top_query(where: Where, group: str, limit: int) -> Query:
     return Query(sql, (*params, *where.params, limit), (group, "events", "users"))
 
 
-def events_query(where: Where, limit: int, descending: bool) -> Query:
+def events_query(where: Where, limit: int, descending: bool, order_by: str = "ts") -> Query:
+    """Events in time order, or in commit (id) order for paging with `id > ?`."""
     order = "DESC" if descending else "ASC"
+    keys = f"ts {order}, id {order}" if order_by == "ts" else f"id {order}"
     sql = (
-        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {where.sql()}"
-        f" ORDER BY ts {order}, id {order} LIMIT ?"
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {where.sql()} ORDER BY {keys} LIMIT ?"
     )
     return Query(sql, (*where.params, limit), EVENT_COLUMNS)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from collector.query import verbs
+from collector.query import streaming, verbs
 from collector.query.errors import QueryError
 from collector.query.output import FORMATS, Reply, render
 from collector.query.parser import Command, parse
@@ -65,6 +65,16 @@ VERBS: dict[str, Verb] = {
     ),
     "QUARANTINE": Verb(verbs.quarantine, "QUARANTINE [limit=20]", "latest rejected inputs"),
     "AUTH": Verb(verbs.auth, "AUTH TOKEN", "authenticate this connection"),
+    "EXPORT": Verb(
+        streaming.export,
+        "EXPORT [filters] [format=jsonl|csv]",
+        "every matching event, no row cap, in commit order",
+    ),
+    "TAIL": Verb(
+        streaming.tail,
+        "TAIL [n=10] [filters]",
+        "the last n events, then new ones as committed, until you send any line",
+    ),
     "SQL": Verb(
         verbs.sql,
         "SQL SELECT ...",
@@ -92,7 +102,7 @@ class QueryServer:
         task = asyncio.current_task()
         if task is not None:
             self.connections.add(task)
-        session = Session()
+        session = Session(stream=streaming.Stream(reader, writer))
         try:
             await self.serve_lines(reader, writer, session)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -159,6 +169,8 @@ class QueryServer:
 
 
 def command_format(command: Command, default: str) -> str:
+    if command.verb == "EXPORT":
+        return default  # EXPORT's format= chooses jsonl or csv; its status line is plain
     fmt = command.options.get("format", default).lower()
     if fmt not in FORMATS:
         raise QueryError("ARG", f"format= must be text or json, got {fmt!r}")

@@ -7,7 +7,7 @@ import hmac
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from collector.query.output import FORMATS, Reply, Table
 from collector.query.parser import Command, Filter
 from collector.query.reader import Reader
 from collector.stats import Stats
+from collector.storage.writer import CommitSignal
 
 WINDOW_OPTIONS = ("since", "until", "on", "tz")
 SQL_STARTS = ("SELECT", "WITH", "VALUES")
@@ -30,6 +31,7 @@ class Session:
     format: str = "text"
     quit: bool = False
     authenticated: bool = False
+    stream: Any = None  # the connection, for verbs that stream (streaming.Stream)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Context:
     max_rows: int
     token: str | None = None
     sql_enabled: bool = True
+    commits: CommitSignal = field(default_factory=CommitSignal)
 
 
 Handler = Callable[[Context, Session, Command], Awaitable[Reply]]
@@ -80,12 +83,13 @@ def window(ctx: Context, command: Command) -> Window:
     return Window(since, until, zone)
 
 
-def positive_int(command: Command, name: str, default: int, maximum: int) -> int:
+def positive_int(command: Command, name: str, default: int, maximum: int, minimum: int = 1) -> int:
     raw = command.options.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise QueryError("ARG", f"{name}= must be a positive integer, got {raw!r}")
+    if not raw.isdigit() or int(raw) < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise QueryError("ARG", f"{name}= must be {kind}, got {raw!r}")
     if int(raw) > maximum:
         raise QueryError("LIMIT", f"{name}={raw} is more than the limit of {maximum}")
     return int(raw)

@@ -41,6 +41,25 @@ def prepare_database(path: Path, synchronous: str) -> list[int]:
         conn.close()
 
 
+class CommitSignal:
+    """Wakes whoever waits for new committed rows (TAIL readers)."""
+
+    def __init__(self) -> None:
+        self.listeners: set[asyncio.Event] = set()
+
+    def listen(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self.listeners.add(event)
+        return event
+
+    def forget(self, event: asyncio.Event) -> None:
+        self.listeners.discard(event)
+
+    def notify(self) -> None:
+        for event in self.listeners:
+            event.set()
+
+
 class Writer:
     def __init__(
         self,
@@ -64,6 +83,7 @@ class Writer:
         self.delay = delay
         self.clock = clock
         self.stopping = False
+        self.commits = CommitSignal()
         self._db: aiosqlite.Connection | None = None
 
     @property
@@ -190,6 +210,8 @@ class Writer:
         stats.events_stored += stored
         stats.events_duplicate += sum(group.events for group in groups) - stored
         stats.quarantined += quarantined
+        if stored:
+            self.commits.notify()
         for group in groups:
             stats.latency.record(now - group.received, max(group.events, 1))
             if group.on_commit is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -315,3 +316,86 @@ async def test_auth_is_required_when_a_token_is_set(db_path: Path, tmp_path: Pat
         other = await QueryClient.connect(daemon.query_address)
         assert (await other.ask("EVENTS"))[1].startswith("ERR AUTH")
         await other.close()
+
+
+async def test_export_jsonl_streams_every_event_in_commit_order(query: QueryClient) -> None:
+    data, status = await query.ask("EXPORT action=click,login")
+    rows = [json.loads(line) for line in data]
+    assert [(r["id"], r["action"]) for r in rows] == [
+        (2, "login"),
+        (3, "login"),
+        (4, "click"),
+        (5, "click"),
+    ]
+    assert rows[3]["extra"] == {"page": {"path": "/a"}}
+    assert status == "OK 4 events exported"
+
+
+async def test_export_csv_has_a_header_and_one_line_per_event(query: QueryClient) -> None:
+    data, status = await query.ask("EXPORT format=csv on=2024-05-01")
+    assert data[0] == "id,ts,received_at,user_id,action,value,extra"
+    assert [line.split(",")[4] for line in data[1:]] == ["signup", "login", "login"]
+    assert data[1].endswith('"{""plan"":""pro""}"')
+    assert status == "OK 3 events exported"
+
+
+async def test_export_pages_through_more_than_one_chunk(db_path: Path) -> None:
+    batch = [{"action": "bulk", "value": i} for i in range(2500)]
+    async with running_daemon(db_path) as daemon:
+        assert daemon.tcp_address is not None and daemon.query_address is not None
+        client = await TcpClient.connect(daemon.tcp_address)
+        await client.send({"events": batch, "ack": "bulk"})
+        assert (await client.reply())["stored"] == 2500
+        await client.close()
+        query = await QueryClient.connect(daemon.query_address)
+        data, status = await query.ask("EXPORT")
+        assert [json.loads(line)["value"] for line in data] == list(range(2500))
+        assert status == "OK 2500 events exported"
+        await query.close()
+
+
+async def test_tail_sends_the_last_events_then_new_ones_until_a_line(
+    daemon: Daemon, query: QueryClient
+) -> None:
+    await query.send("TAIL n=2 action!=login format=json")
+    first = [json.loads(await query.reader.readline()) for _ in range(2)]
+    assert [e["action"] for e in first] == ["click", "OK"]
+    assert daemon.tcp_address is not None
+    client = await TcpClient.connect(daemon.tcp_address)
+    await client.send({"events": [{"action": "login"}, {"action": "late", "value": 1}], "ack": "a"})
+    assert (await client.reply())["stored"] == 2
+    await client.close()
+    late = json.loads(await query.reader.readline())
+    assert (late["action"], late["value"]) == ("late", 1)
+    await query.send("stop")
+    data, status = await query.reply()
+    assert (data, status) == ([], "OK 3 events, 0 missed")
+    assert await query.ask("PING") == ([], "OK PONG")
+
+
+async def test_a_stalled_tail_reader_never_slows_ingestion(db_path: Path) -> None:
+    total = 30_000
+    async with running_daemon(db_path) as daemon:
+        assert daemon.tcp_address is not None and daemon.query_address is not None
+        tail = await QueryClient.connect(daemon.query_address)
+        await tail.send("PING", "TAIL n=0 action=flood format=json")
+        assert await tail.reply() == ([], "OK PONG")
+        # The tail reader reads nothing while 30,000 events are ingested and acknowledged.
+        sender = await TcpClient.connect(daemon.tcp_address)
+        for batch in range(total // 1000):
+            events = [{"action": "flood", "value": batch * 1000 + i} for i in range(1000)]
+            await sender.send({"events": events, "ack": str(batch)})
+            assert (await sender.reply())["stored"] == 1000
+        await sender.close()
+        assert daemon.stats.events_stored == total
+        # Then it catches up: every event was either sent or counted as missed.
+        seen = 0
+        async with asyncio.timeout(30):
+            while seen < total:
+                line = json.loads(await tail.reader.readline())
+                seen += line.get("missed", 1)
+        await tail.send("stop")
+        _, status = await tail.reply()
+        sent, missed = (int(word) for word in status.replace(",", "").split()[1::2][:2])
+        assert (sent + missed, seen) == (total, total)
+        await tail.close()
