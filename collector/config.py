@@ -99,6 +99,10 @@ class Config:
     query_max_rows: int = option(10_000, "most rows a query returns", minimum=1)
     query_max_line_bytes: int = option(8192, "longest command line on the query port", minimum=64)
     query_concurrency: int = option(4, "queries running at once; more wait", minimum=1)
+    query_max_connections: int = option(64, "most open query connections", minimum=1)
+    query_idle_timeout: float = option(
+        600.0, "close a query connection idle this many seconds (0: never)", minimum=0
+    )
     query_tz: str = option("UTC", "time zone for days and time buckets (Area/City)")
     query_token: str = option(
         "", "token that AUTH must present before other verbs (empty: no AUTH)", secret=True

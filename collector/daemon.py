@@ -24,6 +24,7 @@ from collector.ingest.core import Ingest
 from collector.ingest.tcp import TcpIngest, TcpSettings
 from collector.ingest.udp import UdpIngestProtocol, udp_socket
 from collector.query.reader import Reader
+from collector.query.server import Limits as QueryLimits
 from collector.query.server import QueryServer
 from collector.query.verbs import Context
 from collector.stats import Stats
@@ -92,7 +93,11 @@ class Daemon:
                 sql_enabled=config.query_sql_enabled,
                 commits=self.writer.commits,
             ),
-            max_line_bytes=config.query_max_line_bytes,
+            QueryLimits(
+                config.query_max_line_bytes,
+                config.query_max_connections,
+                config.query_idle_timeout,
+            ),
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from collector.ingest.core import sanitise
 from collector.query import streaming, verbs
 from collector.query.errors import QueryError
 from collector.query.output import FORMATS, Reply, render
@@ -92,19 +93,30 @@ FILTER_HELP = [
 ]
 
 
+@dataclass(frozen=True)
+class Limits:
+    max_line_bytes: int = 8192
+    max_connections: int = 64
+    idle_timeout: float = 600.0
+
+
 class QueryServer:
-    def __init__(self, context: Context, max_line_bytes: int) -> None:
+    def __init__(self, context: Context, limits: Limits) -> None:
         self.context = context
-        self.max_line_bytes = max_line_bytes
+        self.limits = limits
+        self.max_line_bytes = limits.max_line_bytes
         self.connections: set[asyncio.Task[None]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self.connections.add(task)
-        session = Session(stream=streaming.Stream(reader, writer))
         try:
-            await self.serve_lines(reader, writer, session)
+            if task is None or len(self.connections) >= self.limits.max_connections:
+                busy = QueryError("BUSY", "too many query connections; try again later")
+                writer.write((busy.status_line() + "\r\n").encode())
+                await writer.drain()
+                return
+            self.connections.add(task)
+            await self.serve_lines(reader, writer, Session(stream=streaming.Stream(reader, writer)))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -127,8 +139,11 @@ class QueryServer:
 
     async def read_line(self, reader: asyncio.StreamReader) -> str | bytes | None:
         """The next line as text, or bytes b"" for a line over the limit; None at EOF."""
+        idle = self.limits.idle_timeout or None
         try:
-            raw = await reader.readuntil(b"\n")
+            raw = await asyncio.wait_for(reader.readuntil(b"\n"), idle)
+        except TimeoutError:
+            return None
         except asyncio.IncompleteReadError as exc:
             raw = exc.partial
             if not raw:
@@ -154,7 +169,7 @@ class QueryServer:
         except QueryError as exc:
             return [exc.status_line()]
         except Exception as exc:
-            log.exception("query failed", line=line[:200])
+            log.exception("query failed", line=sanitise(line))
             return [QueryError("INTERNAL", f"{type(exc).__name__}").status_line()]
         return render(reply, fmt)
 

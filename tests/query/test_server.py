@@ -399,3 +399,55 @@ async def test_a_stalled_tail_reader_never_slows_ingestion(db_path: Path) -> Non
         sent, missed = (int(word) for word in status.replace(",", "").split()[1::2][:2])
         assert (sent + missed, seen) == (total, total)
         await tail.close()
+
+
+async def test_query_connections_over_the_limit_are_told_busy(db_path: Path) -> None:
+    async with running_daemon(db_path, query_max_connections=1) as daemon:
+        assert daemon.query_address is not None
+        first = await QueryClient.connect(daemon.query_address)
+        assert await first.ask("PING") == ([], "OK PONG")
+        second = await QueryClient.connect(daemon.query_address)
+        assert await second.reply() == ([], "ERR BUSY too many query connections; try again later")
+        assert await second.reader.read() == b""
+        assert await first.ask("PING") == ([], "OK PONG")
+        await first.close()
+        await second.close()
+
+
+async def test_idle_query_connection_is_closed(db_path: Path) -> None:
+    async with running_daemon(db_path, query_idle_timeout=0.2) as daemon:
+        assert daemon.query_address is not None
+        client = await QueryClient.connect(daemon.query_address)
+        async with asyncio.timeout(10):
+            assert await client.reader.read() == b""
+        await client.close()
+
+
+async def test_yesterday_depends_on_the_time_zone(db_path: Path) -> None:
+    today_utc = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    moments = {"early": -23, "mid": -12, "late": 2}  # hours from the start of today, UTC
+    seed = [
+        {
+            "action": "visit",
+            "user_id": user,
+            "ts": msgpack.Timestamp(int(today_utc.timestamp()) + hours * 3600, 0),
+        }
+        for user, hours in moments.items()
+    ]
+    async with running_daemon(db_path) as daemon:
+        assert daemon.tcp_address is not None and daemon.query_address is not None
+        client = await TcpClient.connect(daemon.tcp_address)
+        await client.send({"events": seed, "ack": "s"})
+        assert (await client.reply())["stored"] == 3
+        await client.close()
+        query = await QueryClient.connect(daemon.query_address)
+        # New York is 4 or 5 hours behind UTC: its yesterday ends at 04:00 or 05:00 UTC today.
+        for line, users in [
+            ("USERS on=yesterday", ["early", "mid"]),
+            ("USERS on=yesterday tz=America/New_York", ["late", "mid"]),
+        ]:
+            data, _ = await query.ask(line + " format=json")
+            assert sorted(json.loads(row)["user"] for row in data) == users
+        data, _ = await query.ask("UNIQUE on=yesterday tz=America/New_York")
+        assert data[1:] == ["2"]
+        await query.close()
