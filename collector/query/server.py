@@ -194,7 +194,7 @@ def command_format(command: Command, default: str) -> str:
 
 async def help_verb(command: Command) -> Reply:
     if not command.args:
-        lines = [f"{verb.usage:<72} {verb.summary}" for verb in VERBS.values()]
+        lines = [line for verb in VERBS.values() for line in (verb.usage, f"    {verb.summary}")]
         return Reply(lines=[*lines, *FILTER_HELP], summary=f"{len(VERBS)} verbs")
     name = command.args[0].upper()
     verb = VERBS.get(name)

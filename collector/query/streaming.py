@@ -16,7 +16,7 @@ from typing import Any
 
 from collector.query import compiler, timeexpr
 from collector.query.errors import QueryError
-from collector.query.output import Reply, stuff
+from collector.query.output import Reply, cell_text, stuff
 from collector.query.parser import Command
 from collector.query.verbs import (
     WINDOW_OPTIONS,
@@ -195,7 +195,7 @@ async def new_events(
 def tail_lines(rows: list[tuple[Any, ...]], fmt: str, span: Window) -> list[str]:
     if fmt == "json":
         return [json.dumps(event_object(row, span), ensure_ascii=False) for row in rows]
-    return [stuff(" ".join(str(v) for v in event_values(row, span))) for row in rows]
+    return [stuff(" ".join(cell_text(v) for v in event_values(row, span))) for row in rows]
 
 
 def missed_lines(count: int, fmt: str) -> list[str]:
