@@ -1,0 +1,1 @@
+"""Clients of collector: the query client (and, later, the tracking library)."""

@@ -1,0 +1,5 @@
+"""The collector-query console script (filled in below)."""
+
+
+def main() -> int:
+    return 0
