@@ -1,0 +1,95 @@
+"""Build a realistic dataset for query benchmarks, through the bulk path.
+
+    python -m bench.dataset DB [--events 10000000] [--users 200000] [--actions 50] [--days 30]
+
+Writes straight into a new database with the daemon's own schema and INSERT statements
+(`storage.schema`), much faster than the ingest path. Activity is skewed: user weights and
+action weights follow a power law (a few heavy users, a few common actions), event times
+cover the last --days days up to now, in time order, as the daemon would have stored them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from collector.events import Row
+from collector.storage import schema
+from collector.storage.writer import prepare_database
+
+DAY_MS = 86_400_000
+CHUNK = 50_000
+PAGES = [f"/p/{n}" for n in range(40)]
+
+
+def skewed_weights(count: int, exponent: float) -> list[float]:
+    return [1.0 / (rank**exponent) for rank in range(1, count + 1)]
+
+
+def make_events(args: argparse.Namespace, now_ms: int) -> Iterator[Row]:
+    rng = random.Random(args.seed)
+    users = [f"u{n}" for n in range(args.users)]
+    actions = [f"action_{n:02d}" for n in range(args.actions)]
+    user_weights = list(itertools.accumulate(skewed_weights(args.users, 1.1)))
+    action_weights = list(itertools.accumulate(skewed_weights(args.actions, 1.0)))
+    per_day = args.events // args.days
+    start = now_ms - args.days * DAY_MS
+    for day in range(args.days):
+        times = sorted(rng.randrange(DAY_MS) for _ in range(per_day))
+        chosen_users = rng.choices(users, cum_weights=user_weights, k=per_day)
+        chosen_actions = rng.choices(actions, cum_weights=action_weights, k=per_day)
+        for offset, user, action in zip(times, chosen_users, chosen_actions, strict=True):
+            ts = start + day * DAY_MS + offset
+            yield (ts, ts, user, action, rng.randrange(1000), extra(rng), None)
+
+
+def extra(rng: random.Random) -> str | None:
+    if rng.random() < 0.3:
+        return None
+    return json.dumps({"page": rng.choice(PAGES), "ms": rng.randrange(5, 5000)})
+
+
+def load(path: Path, rows: Iterator[Row]) -> int:
+    prepare_database(path, "normal")
+    conn = sqlite3.connect(path, isolation_level=None)
+    for pragma in schema.writer_pragmas("normal"):
+        conn.execute(pragma)
+    total = 0
+    while chunk := list(itertools.islice(rows, CHUNK)):
+        conn.execute("BEGIN IMMEDIATE")
+        for sql, params in schema.insert_plan(chunk):
+            conn.executemany(sql, params)
+        conn.execute("COMMIT")
+        total += len(chunk)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("ANALYZE")
+    conn.close()
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("db", type=Path, help="database file to create (must not exist)")
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--actions", type=int, default=50)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    if args.db.exists():
+        parser.error(f"{args.db} exists; choose a new path")
+    started = time.perf_counter()
+    total = load(args.db, make_events(args, time.time_ns() // 1_000_000))
+    elapsed = time.perf_counter() - started
+    size_mb = args.db.stat().st_size / 1e6
+    print(f"{total:,} events in {elapsed:.0f} s ({total / elapsed:,.0f}/s), {size_mb:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
