@@ -42,6 +42,8 @@ def cell_text(value: Any) -> str:
         return "-"
     if isinstance(value, bytes):
         return value.hex()
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return " ".join(str(value).split()) if "\n" in str(value) else str(value)
 
 

@@ -83,6 +83,7 @@ VERBS: dict[str, Verb] = {
     ),
 }
 
+IDLE = b"idle"
 OPEN_VERBS = frozenset({"PING", "HELP", "QUIT", "AUTH"})
 
 FILTER_HELP = [
@@ -133,17 +134,22 @@ class QueryServer:
             line = await self.read_line(reader)
             if line is None:
                 return
+            if line is IDLE:
+                idle = QueryError("TIMEOUT", f"idle for {self.limits.idle_timeout:g}s; closing")
+                writer.write((idle.status_line() + "\r\n").encode())
+                return
             reply_lines = await self.answer(line, session)
             writer.write(("\r\n".join(reply_lines) + "\r\n").encode())
             await writer.drain()
 
     async def read_line(self, reader: asyncio.StreamReader) -> str | bytes | None:
-        """The next line as text, or bytes b"" for a line over the limit; None at EOF."""
+        """The next line as text, bytes b"" for a line over the limit, IDLE after the idle
+        timeout, None at EOF."""
         idle = self.limits.idle_timeout or None
         try:
             raw = await asyncio.wait_for(reader.readuntil(b"\n"), idle)
         except TimeoutError:
-            return None
+            return IDLE
         except asyncio.IncompleteReadError as exc:
             raw = exc.partial
             if not raw:
@@ -156,7 +162,7 @@ class QueryServer:
         return raw.decode("utf-8", errors="replace").rstrip("\r\n")
 
     async def answer(self, line: str | bytes, session: Session) -> list[str]:
-        if isinstance(line, bytes):
+        if isinstance(line, bytes):  # b"": over the limit
             message = f"line longer than {self.max_line_bytes} bytes"
             return [QueryError("LIMIT", message).status_line()]
         fmt = session.format

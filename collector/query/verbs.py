@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hmac
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -228,8 +229,17 @@ async def events(ctx: Context, session: Session, command: Command) -> Reply:
 
 
 def event_row(row: tuple[Any, ...], zone: datetime.tzinfo) -> tuple[Any, ...]:
-    event_id, ts, received_at, *rest = row
-    return (event_id, timeexpr.format_ms(ts, zone), timeexpr.format_ms(received_at, zone), *rest)
+    """Times as ISO text; extra as a map, so JSON replies nest it (text shows its JSON)."""
+    event_id, ts, received_at, user_id, action, value, extra = row
+    return (
+        event_id,
+        timeexpr.format_ms(ts, zone),
+        timeexpr.format_ms(received_at, zone),
+        user_id,
+        action,
+        value,
+        None if extra is None else json.loads(extra),
+    )
 
 
 async def quarantine(ctx: Context, session: Session, command: Command) -> Reply:

@@ -176,6 +176,10 @@ async def test_events_in_json_keep_types(query: QueryClient) -> None:
     rows = [json.loads(line) for line in data]
     assert [(r["user_id"], r["value"]) for r in rows] == [("u1", 3), ("u2", 4)]
     assert rows[0]["ts"] == "2024-05-01T10:00:00.000Z"
+    data, _ = await query.ask("EVENTS extra.plan=pro format=json")
+    assert json.loads(data[0])["extra"] == {"plan": "pro"}
+    data, _ = await query.ask("EVENTS extra.plan=pro")
+    assert data[1].split()[-1] == '{"plan":"pro"}'
 
 
 async def test_quarantine_lists_rejected_input(daemon: Daemon, query: QueryClient) -> None:
@@ -418,6 +422,7 @@ async def test_idle_query_connection_is_closed(db_path: Path) -> None:
     async with running_daemon(db_path, query_idle_timeout=0.2) as daemon:
         assert daemon.query_address is not None
         client = await QueryClient.connect(daemon.query_address)
+        assert await client.reply() == ([], "ERR TIMEOUT idle for 0.2s; closing")
         async with asyncio.timeout(10):
             assert await client.reader.read() == b""
         await client.close()
