@@ -116,12 +116,19 @@ def count_query(where: Where, distinct_users: bool, group: str | None, limit: in
 
 
 def bucket_query(
-    filters: Sequence[Filter], distinct_users: bool, starts: Sequence[int], end: int
+    filters: Sequence[Filter],
+    distinct_users: bool,
+    starts: Sequence[int],
+    window: tuple[int, int],
 ) -> Query:
-    """Counts per time bucket, empty buckets included (a LEFT JOIN on the bucket list)."""
+    """Counts per time bucket, empty buckets included (a LEFT JOIN on the bucket list).
+
+    The first and last buckets are calendar buckets clipped to the window [since, until).
+    """
     if len(starts) > MAX_BUCKETS:
         raise QueryError("LIMIT", f"{len(starts)} buckets, more than {MAX_BUCKETS}: narrow since=")
-    where = build_where(filters, None, None, alias="e.")
+    since, end = window
+    where = build_where(filters, since, end, alias="e.")
     aggregate, name = measure(distinct_users, alias="e.")
     values = ",".join(["(?, ?)"] * len(starts))
     sql = (

@@ -176,7 +176,7 @@ async def bucket_counts(
             tables=[Table(("bucket", "users" if distinct_users else "events"))], summary="0 rows"
         )
     starts = timeexpr.bucket_starts(start, end, unit, span.zone)
-    query = compiler.bucket_query(command.filters, distinct_users, starts, end)
+    query = compiler.bucket_query(command.filters, distinct_users, starts, (start, end))
     result = await ctx.reader.fetch(query, max_rows=compiler.MAX_BUCKETS)
     rows = [(timeexpr.bucket_label(bucket, unit, span.zone), n) for bucket, n in result.rows]
     return Reply(

@@ -133,6 +133,15 @@ async def test_count_by_day_lists_empty_days(query: QueryClient) -> None:
     ]
 
 
+async def test_time_buckets_are_clipped_to_the_window(query: QueryClient) -> None:
+    data, _ = await query.ask("COUNT by=day since=2024-05-01T10:30Z until=2024-05-03T08:30Z")
+    assert [line.split() for line in data[1:]] == [
+        ["2024-05-01", "1"],
+        ["2024-05-02", "0"],
+        ["2024-05-03", "1"],
+    ]
+
+
 async def test_unique_by_day_in_json(query: QueryClient) -> None:
     data, _ = await query.ask("UNIQUE by=day since=2024-05-01 until=2024-05-04 format=json")
     assert [json.loads(line) for line in data] == [
