@@ -28,7 +28,7 @@ from collector.query.server import Limits as QueryLimits
 from collector.query.server import QueryServer
 from collector.query.verbs import Context
 from collector.stats import Stats
-from collector.storage.writer import Writer
+from collector.storage.writer import CommitSignal, Writer
 
 log = structlog.get_logger("collector.daemon")
 
@@ -48,13 +48,7 @@ class Daemon:
             stats=self.stats,
             eager_acks=config.eager_ack_commit,
         )
-        limits = Limits(
-            config.max_event_bytes,
-            config.max_extra_bytes,
-            config.max_extra_depth,
-            config.max_batch_events,
-        )
-        self.ingest = Ingest(self.buffer, self.stats, limits)
+        self.ingest = Ingest(self.buffer, self.stats, event_limits(config))
         self.tcp = TcpIngest(
             self.ingest,
             TcpSettings(
@@ -70,35 +64,20 @@ class Daemon:
             synchronous=config.synchronous,
             delay=config.writer_delay_ms / 1000.0,
         )
-        self.udp_address: Address | None = None
-        self.udp_receive_buffer = 0
-        self.tcp_address: Address | None = None
-        self._udp_transport: asyncio.DatagramTransport | None = None
-        self._tcp_server: asyncio.Server | None = None
-        self.query_address: Address | None = None
-        self._query_server: asyncio.Server | None = None
         self.reader = Reader(
             config.db,
             timeout=config.query_timeout_ms / 1000.0,
             max_rows=config.query_max_rows,
             concurrency=config.query_concurrency,
         )
-        self.queries = QueryServer(
-            Context(
-                self.reader,
-                self.stats,
-                config.db,
-                config.query_tz,
-                config.query_max_rows,
-                sql_enabled=config.query_sql_enabled,
-                commits=self.writer.commits,
-            ),
-            QueryLimits(
-                config.query_max_line_bytes,
-                config.query_max_connections,
-                config.query_idle_timeout,
-            ),
-        )
+        self.queries = query_server(config, self.reader, self.stats, self.writer.commits)
+        self.udp_address: Address | None = None
+        self.udp_receive_buffer = 0
+        self.tcp_address: Address | None = None
+        self.query_address: Address | None = None
+        self._udp_transport: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._query_server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
 
@@ -208,6 +187,33 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.stats_interval)
             log.info("stats", **self.stats.snapshot())
+
+
+def event_limits(config: Config) -> Limits:
+    return Limits(
+        config.max_event_bytes,
+        config.max_extra_bytes,
+        config.max_extra_depth,
+        config.max_batch_events,
+    )
+
+
+def query_server(
+    config: Config, reader: Reader, stats: Stats, commits: CommitSignal
+) -> QueryServer:
+    context = Context(
+        reader,
+        stats,
+        config.db,
+        config.query_tz,
+        config.query_max_rows,
+        sql_enabled=config.query_sql_enabled,
+        commits=commits,
+    )
+    limits = QueryLimits(
+        config.query_max_line_bytes, config.query_max_connections, config.query_idle_timeout
+    )
+    return QueryServer(context, limits)
 
 
 def load_query_token(config: Config) -> str | None:
