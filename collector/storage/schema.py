@@ -46,6 +46,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+
 EVENT_COLUMNS = ("ts", "received_at", "user_id", "action", "value", "extra", "msg_id")
 # Rows per INSERT statement, largest first. Python's sqlite3 releases the GIL around every
 # statement step, and under load each release costs a wait for the event loop thread to
@@ -128,5 +129,15 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
 
 
 def split_statements(script: str) -> list[str]:
-    """Split a migration script into statements (our scripts hold no ';' inside literals)."""
-    return [part.strip() for part in script.split(";") if part.strip()]
+    """Split a migration script into statements; a trigger body's inner ';' does not end
+    its CREATE TRIGGER (sqlite3.complete_statement knows)."""
+    statements: list[str] = []
+    current = ""
+    for part in script.split(";"):
+        current += part + ";"
+        if sqlite3.complete_statement(current):
+            text = current.strip().removesuffix(";").strip()
+            if text:
+                statements.append(text)
+            current = ""
+    return statements

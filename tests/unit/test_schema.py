@@ -228,3 +228,11 @@ def test_insert_quarantine(conn: sqlite3.Connection) -> None:
         (5, "udp:127.0.0.1:1", "bad", b"\x00\xc1"),
         (6, "tcp:[::1]:2", "bad", b"\x00\xc1"),
     ]
+
+
+def test_split_statements_keeps_a_trigger_body_whole() -> None:
+    script = "CREATE TABLE t (x); CREATE TRIGGER g AFTER INSERT ON t BEGIN SELECT 1; SELECT 2; END;"
+    assert schema.split_statements(script) == [
+        "CREATE TABLE t (x)",
+        "CREATE TRIGGER g AFTER INSERT ON t BEGIN SELECT 1; SELECT 2; END",
+    ]
