@@ -15,8 +15,11 @@ import pytest
 from collector.buffer import CommitResult, EventBuffer, Group, QuarantineRow
 from collector.events import ROW_OVERHEAD_BYTES, Row
 from collector.stats import Stats
+from collector.storage import schema
 from collector.storage.writer import Writer, prepare_database
 from collector.testing import wait_until
+
+ALL_MIGRATIONS = [migration.version for migration in schema.MIGRATIONS]
 
 LONG_AGE = 3600.0  # a batch age no test waits for
 WITHIN = 10.0  # seconds allowed for any awaited condition
@@ -148,10 +151,11 @@ async def start_writer(tmp_path: Path) -> AsyncIterator[StartWriter]:
         writer = Writer(
             path, buffer, stats, batch_size=batch_size, batch_max_age=batch_max_age, clock=clock
         )
-        assert await writer.open() in ([1], [])
+        applied = await writer.open()
         task = asyncio.create_task(writer.run())
         running = Running(path, writer, buffer, stats, task)
-        started.append(running)
+        started.append(running)  # before any assertion, so teardown always closes it
+        assert applied in (ALL_MIGRATIONS, [])
         return running
 
     yield start
@@ -181,12 +185,14 @@ def test_prepare_database_creates_directory_wal_and_schema(tmp_path: Path) -> No
 
 async def test_open_reports_the_migrations_applied(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
-    for expected in ([1], []):
+    for expected in (ALL_MIGRATIONS, []):
         stats = Stats()
         buffer = EventBuffer(max_events=10, max_bytes=10_000, low_water=0.5, stats=stats)
         writer = Writer(path, buffer, stats, batch_size=1, batch_max_age=0.01)
-        assert await writer.open() == expected
-        await writer.close()
+        try:
+            assert await writer.open() == expected
+        finally:
+            await writer.close()
 
 
 async def test_db_before_open_is_an_error(tmp_path: Path) -> None:
