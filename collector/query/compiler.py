@@ -14,7 +14,6 @@ from collector.query.errors import QueryError
 from collector.query.parser import Filter
 
 EVENT_COLUMNS = ("id", "ts", "received_at", "user_id", "action", "value", "extra")
-GROUP_FIELDS = ("action", "value", "user")
 TIME_UNITS = ("hour", "day", "week", "month")
 # SQLite binds at most 32,766 parameters; two per bucket leaves room for the filters.
 MAX_BUCKETS = 10_000

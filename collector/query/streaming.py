@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from collector.query import compiler, timeexpr
+from collector.query import compiler
 from collector.query.errors import QueryError
 from collector.query.output import Reply, cell_text, stuff
 from collector.query.parser import Command
@@ -24,6 +24,7 @@ from collector.query.verbs import (
     Session,
     Window,
     allow_options,
+    event_row,
     positive_int,
     window,
 )
@@ -67,30 +68,20 @@ def export_lines(rows: list[tuple[Any, ...]], fmt: str, span: Window) -> list[st
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         for row in rows:
-            writer.writerow([csv_cell(value) for value in event_values(row, span)])
+            writer.writerow([csv_cell(value) for value in event_row(row, span.zone)])
         return [stuff(line) for line in buffer.getvalue().splitlines()]
     return [json.dumps(event_object(row, span), ensure_ascii=False) for row in rows]
 
 
-def event_values(row: tuple[Any, ...], span: Window) -> list[Any]:
-    event_id, ts, received_at, *rest = row
-    return [
-        event_id,
-        timeexpr.format_ms(ts, span.zone),
-        timeexpr.format_ms(received_at, span.zone),
-        *rest,
-    ]
-
-
 def event_object(row: tuple[Any, ...], span: Window) -> dict[str, Any]:
-    event = dict(zip(compiler.EVENT_COLUMNS, event_values(row, span), strict=True))
-    if event["extra"] is not None:
-        event["extra"] = json.loads(event["extra"])
-    return event
+    return dict(zip(compiler.EVENT_COLUMNS, event_row(row, span.zone), strict=True))
 
 
 def csv_cell(value: Any) -> Any:
-    """One record per line: a newline inside a value is written as the two characters \\n."""
+    """One record per line: a newline inside a value is written as the two characters \\n;
+    extra is written as its JSON text."""
+    if isinstance(value, dict):
+        return cell_text(value)
     if isinstance(value, str):
         return value.replace("\r", "\\r").replace("\n", "\\n")
     return value
@@ -195,7 +186,7 @@ async def new_events(
 def tail_lines(rows: list[tuple[Any, ...]], fmt: str, span: Window) -> list[str]:
     if fmt == "json":
         return [json.dumps(event_object(row, span), ensure_ascii=False) for row in rows]
-    return [stuff(" ".join(cell_text(v) for v in event_values(row, span))) for row in rows]
+    return [stuff(" ".join(cell_text(v) for v in event_row(row, span.zone))) for row in rows]
 
 
 def missed_lines(count: int, fmt: str) -> list[str]:

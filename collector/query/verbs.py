@@ -7,7 +7,7 @@ import hmac
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from collector.query import compiler, timeexpr
 from collector.query.errors import QueryError
 from collector.query.output import FORMATS, Reply, Table
 from collector.query.parser import Command, Filter
-from collector.query.reader import Reader
+from collector.query.reader import Reader, Rows
 from collector.stats import Stats
 from collector.storage.writer import CommitSignal
 
@@ -101,6 +101,14 @@ def rows_summary(count: int, truncated: bool, seconds: float) -> str:
     return f"{count} rows {seconds * 1000:.1f}ms{more}"
 
 
+def table_reply(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], result: Rows, truncated: bool = False
+) -> Reply:
+    """One table, summarised by its row count, its time and whether the row cap cut it."""
+    summary = rows_summary(len(rows), truncated or result.truncated, result.seconds)
+    return Reply(tables=[Table(columns, rows)], summary=summary)
+
+
 async def ping(ctx: Context, session: Session, command: Command) -> Reply:
     return Reply(summary="PONG")
 
@@ -154,16 +162,11 @@ async def count_or_unique(ctx: Context, command: Command, distinct_users: bool) 
     group = command.options.get("by")
     if group in compiler.TIME_UNITS:
         return await bucket_counts(ctx, command, span, group, distinct_users)
-    if group is not None and group not in compiler.GROUP_FIELDS:
-        compiler.field_expression(group)  # raises for an unknown field
     where = compiler.build_where(command.filters, span.since, span.until)
     limit = positive_int(command, "limit", ctx.max_rows, ctx.max_rows)
-    result = await ctx.reader.fetch(compiler.count_query(where, distinct_users, group, limit))
-    query_columns = compiler.count_query(where, distinct_users, group, limit).columns
-    table = Table(query_columns, list(result.rows))
-    return Reply(
-        tables=[table], summary=rows_summary(len(result.rows), result.truncated, result.seconds)
-    )
+    query = compiler.count_query(where, distinct_users, group, limit)
+    result = await ctx.reader.fetch(query)
+    return table_reply(query.columns, result.rows, result)
 
 
 async def bucket_counts(
@@ -179,9 +182,7 @@ async def bucket_counts(
     query = compiler.bucket_query(command.filters, distinct_users, starts, (start, end))
     result = await ctx.reader.fetch(query, max_rows=compiler.MAX_BUCKETS)
     rows = [(timeexpr.bucket_label(bucket, unit, span.zone), n) for bucket, n in result.rows]
-    return Reply(
-        tables=[Table(query.columns, rows)], summary=rows_summary(len(rows), False, result.seconds)
-    )
+    return table_reply(query.columns, rows, result)
 
 
 async def first_event_time(ctx: Context, command: Command) -> int | None:
@@ -206,10 +207,7 @@ async def top(ctx: Context, session: Session, command: Command) -> Reply:
     limit = positive_int(command, "n", 10, ctx.max_rows)
     query = compiler.top_query(where, group, limit)
     result = await ctx.reader.fetch(query)
-    return Reply(
-        tables=[Table(query.columns, list(result.rows))],
-        summary=rows_summary(len(result.rows), False, result.seconds),
-    )
+    return table_reply(query.columns, result.rows, result)
 
 
 async def events(ctx: Context, session: Session, command: Command) -> Reply:
@@ -223,9 +221,7 @@ async def events(ctx: Context, session: Session, command: Command) -> Reply:
     query = compiler.events_query(where, limit, descending=order == "desc")
     result = await ctx.reader.fetch(query)
     rows = [event_row(row, span.zone) for row in result.rows]
-    return Reply(
-        tables=[Table(query.columns, rows)], summary=rows_summary(len(rows), False, result.seconds)
-    )
+    return table_reply(query.columns, rows, result)
 
 
 def event_row(row: tuple[Any, ...], zone: datetime.tzinfo) -> tuple[Any, ...]:
@@ -249,9 +245,7 @@ async def quarantine(ctx: Context, session: Session, command: Command) -> Reply:
     query = compiler.quarantine_query(limit)
     result = await ctx.reader.fetch(query)
     rows = [(r[0], timeexpr.format_ms(r[1], zone), *r[2:]) for r in result.rows]
-    return Reply(
-        tables=[Table(query.columns, rows)], summary=rows_summary(len(rows), False, result.seconds)
-    )
+    return table_reply(query.columns, rows, result)
 
 
 async def user(ctx: Context, session: Session, command: Command) -> Reply:
@@ -288,11 +282,7 @@ async def users(ctx: Context, session: Session, command: Command) -> Reply:
     limit = positive_int(command, "limit", ctx.max_rows, ctx.max_rows)
     query = compiler.users_query(where, minimum, limit)
     result = await ctx.reader.fetch(query)
-    table = Table(query.columns, list(result.rows))
-    summary = rows_summary(
-        len(result.rows), result.truncated or len(result.rows) == limit, result.seconds
-    )
-    return Reply(tables=[table], summary=summary)
+    return table_reply(query.columns, result.rows, result, truncated=len(result.rows) == limit)
 
 
 async def auth(ctx: Context, session: Session, command: Command) -> Reply:
@@ -315,6 +305,4 @@ async def sql(ctx: Context, session: Session, command: Command) -> Reply:
         raise QueryError("ARG", "usage: SQL SELECT ... (read-only: SELECT, WITH or VALUES)")
     query = compiler.Query(statement, (), ())
     result = await ctx.reader.fetch(query, read_only_sql=True)
-    table = Table(result.columns, list(result.rows))
-    summary = rows_summary(len(result.rows), result.truncated, result.seconds)
-    return Reply(tables=[table], summary=summary)
+    return table_reply(result.columns, result.rows, result)
