@@ -44,6 +44,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX quarantine_received_at ON quarantine (received_at);
         """,
     ),
+    Migration(
+        2,
+        "rollup: events per hour and action",
+        """
+        CREATE TABLE hourly_counts (
+            hour    INTEGER NOT NULL,
+            action  TEXT NOT NULL,
+            events  INTEGER NOT NULL,
+            PRIMARY KEY (hour, action)
+        ) WITHOUT ROWID;
+        INSERT INTO hourly_counts (hour, action, events)
+            SELECT ts - ts % 3600000, action, count(*) FROM events GROUP BY 1, 2;
+        CREATE TRIGGER events_rollup_hour AFTER INSERT ON events BEGIN
+            INSERT INTO hourly_counts (hour, action, events)
+                VALUES (new.ts - new.ts % 3600000, new.action, 1)
+                ON CONFLICT (hour, action) DO UPDATE SET events = events + 1;
+        END;
+        """,
+    ),
 )
 
 

@@ -160,9 +160,7 @@ class Writer:
         db = self.db
         await db.execute("BEGIN IMMEDIATE")
         try:
-            before = db.total_changes
-            stored_by_group = await self._insert_groups(groups)
-            stored = db.total_changes - before
+            stored_by_group, stored = await self._insert_groups(groups)
             quarantine = [record for group in groups for record in group.quarantine]
             if quarantine:
                 await db.executemany(schema.INSERT_QUARANTINE, quarantine)
@@ -173,29 +171,35 @@ class Writer:
             raise
         self._committed(groups, stored, stored_by_group, len(quarantine))
 
-    async def _insert_groups(self, groups: list[Group]) -> dict[int, int]:
+    async def _insert_groups(self, groups: list[Group]) -> tuple[dict[int, int], int]:
         """Insert rows in arrival order: each acknowledged group on its own (its counts go
-        into its ack), each run of unacknowledged groups together."""
+        into its ack), each run of unacknowledged groups together. Returns the rows stored
+        per acknowledged group and in all."""
         stored_by_group: dict[int, int] = {}
+        stored = 0
         run: list[Row] = []
         for group in groups:
             if group.on_commit is None:
                 run.extend(group.rows)
                 continue
             if run:
-                await self._insert(run)
+                stored += await self._insert(run)
                 run = []
             stored_by_group[id(group)] = await self._insert(group.rows)
+            stored += stored_by_group[id(group)]
         if run:
-            await self._insert(run)
-        return stored_by_group
+            stored += await self._insert(run)
+        return stored_by_group, stored
 
     async def _insert(self, rows: list[Row]) -> int:
-        db = self.db
-        before = db.total_changes
+        """Insert rows; return how many were stored (rowcount leaves out duplicates ignored
+        and the rows the rollup triggers write, which total_changes would include)."""
+        stored = 0
         for sql, params in schema.insert_plan(rows):
-            await db.executemany(sql, params)
-        return db.total_changes - before
+            cursor = await self.db.executemany(sql, params)
+            stored += cursor.rowcount
+            await cursor.close()
+        return stored
 
     def _committed(
         self,

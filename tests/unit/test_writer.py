@@ -172,12 +172,13 @@ async def start_writer(tmp_path: Path) -> AsyncIterator[StartWriter]:
 
 def test_prepare_database_creates_directory_wal_and_schema(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "events.db"
-    assert prepare_database(path, "normal") == [1]
+    assert prepare_database(path, "normal") == ALL_MIGRATIONS
     assert path.exists()
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        versions = conn.execute("SELECT version FROM schema_migrations ORDER BY version")
+        assert [version for (version,) in versions] == ALL_MIGRATIONS
     finally:
         conn.close()
     assert prepare_database(path, "full") == []
