@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from collector import __version__
-from collector.query import compiler, timeexpr
+from collector.query import compiler, rollups, timeexpr
 from collector.query.errors import QueryError
 from collector.query.output import FORMATS, Reply, Table
 from collector.query.parser import Command, Filter
@@ -162,11 +162,23 @@ async def count_or_unique(ctx: Context, command: Command, distinct_users: bool) 
     group = command.options.get("by")
     if group in compiler.TIME_UNITS:
         return await bucket_counts(ctx, command, span, group, distinct_users)
-    where = compiler.build_where(command.filters, span.since, span.until)
     limit = positive_int(command, "limit", ctx.max_rows, ctx.max_rows)
-    query = compiler.count_query(where, distinct_users, group, limit)
+    query = count_query(command.filters, span, distinct_users, group, limit)
     result = await ctx.reader.fetch(query)
     return table_reply(query.columns, result.rows, result)
+
+
+def count_query(
+    filters: Sequence[Filter], span: Window, distinct_users: bool, group: str | None, limit: int
+) -> compiler.Query:
+    """From the rollups when they hold the answer (event counts by action), else from events."""
+    if not distinct_users and rollups.covers(filters):
+        if group is None:
+            return rollups.total_count_query(filters, span.since, span.until)
+        if group == "action":
+            return rollups.action_count_query(filters, span.since, span.until, limit)
+    where = compiler.build_where(filters, span.since, span.until)
+    return compiler.count_query(where, distinct_users, group, limit)
 
 
 async def bucket_counts(
@@ -179,7 +191,10 @@ async def bucket_counts(
             tables=[Table(("bucket", "users" if distinct_users else "events"))], summary="0 rows"
         )
     starts = timeexpr.bucket_starts(start, end, unit, span.zone)
-    query = compiler.bucket_query(command.filters, distinct_users, starts, (start, end))
+    if not distinct_users and rollups.covers(command.filters):
+        query = rollups.bucket_count_query(command.filters, starts, (start, end))
+    else:
+        query = compiler.bucket_query(command.filters, distinct_users, starts, (start, end))
     result = await ctx.reader.fetch(query, max_rows=compiler.MAX_BUCKETS)
     rows = [(timeexpr.bucket_label(bucket, unit, span.zone), n) for bucket, n in result.rows]
     return table_reply(query.columns, rows, result)
@@ -253,15 +268,19 @@ async def user(ctx: Context, session: Session, command: Command) -> Reply:
     if len(command.args) != 1:
         raise QueryError("ARG", "usage: USER USER_ID [filters] [limit=100]")
     span = window(ctx, command)
-    filters = (*command.filters, Filter("user", False, (command.args[0],)))
+    user_id = command.args[0]
+    filters = (*command.filters, Filter("user", False, (user_id,)))
     where = compiler.build_where(filters, span.since, span.until)
     summary = await ctx.reader.fetch(compiler.user_summary_query(where))
     first, last, total, actions = summary.rows[0]
     if not total:
-        raise QueryError("ARG", f"no events for user {command.args[0]!r}")
+        raise QueryError("ARG", f"no events for user {user_id!r}")
+    # The user's events all lie between first and last: the newest-first scan of the ts
+    # index starts at the user's last event instead of at the newest event of all.
+    where = compiler.build_where(filters, first, last + 1)
     head = Table(
         ("user", "first_seen", "last_seen", "events", "actions"),
-        [(command.args[0], format_time(first, span), format_time(last, span), total, actions)],
+        [(user_id, format_time(first, span), format_time(last, span), total, actions)],
     )
     limit = positive_int(command, "limit", 100, ctx.max_rows)
     query = compiler.events_query(where, limit, descending=True)
