@@ -178,6 +178,36 @@ class Config:
     tcp_idle_timeout: float = option(
         300.0, "close a TCP connection idle this many seconds (0: never)", minimum=0
     )
+
+    # Fluentd forward protocol.
+    forward_action_field: str = option(
+        "action", "forward record field that becomes the action, else the tag (empty: the tag)"
+    )
+    forward_user_field: str = option(
+        "user_id", "forward record field that becomes user_id (empty: none)"
+    )
+    forward_value_field: str = option(
+        "value", "forward record field that becomes value (empty: none)"
+    )
+    forward_tag_key: str = option(
+        "tag", "key of extra that keeps the forward tag (empty: the tag is not kept in extra)"
+    )
+    forward_max_decompressed_bytes: int = option(
+        16 * 1024 * 1024,
+        "largest decompressed CompressedPackedForward request; a larger one is refused",
+        minimum=1024,
+    )
+    forward_shared_key: str = option(
+        "",
+        "shared key: every TCP ingest connection must pass the forward HELO/PING/PONG "
+        "handshake first (empty: no handshake)",
+        secret=True,
+    )
+    forward_hostname: str = option(
+        "", "server hostname sent in the forward PONG (empty: this machine's hostname)"
+    )
+
+    # UDP.
     udp_receive_buffer: int = option(
         8 * 1024 * 1024, "SO_RCVBUF asked for the UDP socket (bytes)", minimum=0
     )
