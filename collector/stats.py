@@ -67,6 +67,14 @@ class Stats:
     tcp_idle_closed: int = 0
     tcp_pauses: int = 0
     acks_sent: int = 0
+    tcp_keepalives: int = 0
+    forward_requests: int = 0
+    forward_events: int = 0
+    forward_requests_refused: int = 0
+    forward_decompression_refused: int = 0
+    forward_handshakes: int = 0
+    forward_handshakes_refused: int = 0
+    udp_heartbeats: int = 0
     batches_committed: int = 0
     commit_errors: int = 0
     buffer_events: int = 0

@@ -1,5 +1,8 @@
 """TCP ingest: a stream of back-to-back msgpack objects, acks for batches that ask.
 
+Each object is a native event or batch, a Fluentd forward request (collector.forward), or
+a nil keepalive. With a forward shared key every connection starts with the handshake.
+
 Backpressure: while the buffer is full a connection stops decoding and pauses reading;
 the undecoded bytes wait in its unpacker (bounded by tcp_max_buffer_bytes) and nothing
 is dropped.
@@ -16,7 +19,21 @@ import msgpack
 import structlog
 
 from collector.buffer import CommitResult
-from collector.codec import UNPACK_ERRORS, decode_object, new_stream_unpacker
+from collector.codec import UNPACK_ERRORS, Decoded, decode_object, new_stream_unpacker
+from collector.forward.handshake import Handshake
+from collector.forward.request import (
+    DecompressionLimitError,
+    ForwardError,
+    decode_request,
+    is_forward_request,
+)
+from collector.forward.settings import ForwardSettings
+from collector.forward.stream import (
+    StreamOpening,
+    ack_reply,
+    forward_stream_unpacker,
+    holds_undecodable_text,
+)
 from collector.ingest.core import Ingest, format_peer, now_ms, sanitise
 
 log = structlog.get_logger("collector.tcp")
@@ -35,6 +52,7 @@ class TcpIngest:
 
     ingest: Ingest
     settings: TcpSettings
+    forward: ForwardSettings = field(default_factory=ForwardSettings)
     connections: set[TcpIngestProtocol] = field(default_factory=set)
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -51,11 +69,21 @@ class TcpIngest:
 
 
 class PendingAck:
-    __slots__ = ("result", "token")
+    __slots__ = ("forward", "result", "token")
 
-    def __init__(self, token: Any) -> None:
+    def __init__(self, token: Any, forward: bool = False) -> None:
         self.token = token
+        self.forward = forward
         self.result: CommitResult | None = None
+
+    def reply(self, result: CommitResult) -> bytes:
+        if self.forward:
+            return ack_reply(self.token)
+        stored, duplicates, rejected = result
+        reply = {"ack": self.token, "stored": stored, "rejected": rejected}
+        if duplicates:
+            reply["duplicates"] = duplicates
+        return bytes(msgpack.packb(reply))
 
 
 class TcpIngestProtocol(asyncio.Protocol):
@@ -64,7 +92,12 @@ class TcpIngestProtocol(asyncio.Protocol):
         self.ingest = server.ingest
         self.transport: asyncio.Transport | None = None
         self.source = "tcp:unknown"
-        self.unpacker = new_stream_unpacker(server.settings.max_buffer_bytes)
+        # Chosen once the first bytes show whether the peer speaks forward (see
+        # collector.forward.stream); until then they wait in `opening`.
+        self.unpacker: Any = None
+        self.opening = StreamOpening()
+        self.lenient = False
+        self.handshake: Handshake | None = None
         self.bytes_fed = 0
         # Unpacker.tell() also moves over an incomplete object, so remember where the
         # last complete one ended.
@@ -94,19 +127,36 @@ class TcpIngestProtocol(asyncio.Protocol):
         stats.tcp_connections_open += 1
         self.last_activity = asyncio.get_running_loop().time()
         self._arm_idle_timer(self.server.settings.idle_timeout)
+        forward = self.server.forward
+        if forward.shared_key:
+            self.handshake = Handshake(forward.shared_key, forward.hostname)
+            transport.write(msgpack.packb(self.handshake.helo()))
 
     def data_received(self, data: bytes) -> None:
         if self.stopping:
             return
         self.last_activity = asyncio.get_running_loop().time()
+        if self._feed(data):
+            self._process()
+
+    def _feed(self, data: bytes, *, final: bool = False) -> bool:
+        if self.unpacker is None:
+            opened = self.opening.take(data, final=final)
+            if opened is None:
+                return False
+            self.lenient, data = opened
+            limit = self.server.settings.max_buffer_bytes
+            self.unpacker = (forward_stream_unpacker if self.lenient else new_stream_unpacker)(
+                limit
+            )
         try:
             self.unpacker.feed(data)
         except msgpack.BufferFull:
             limit = self.server.settings.max_buffer_bytes
             self._fail(f"an object is larger than tcp_max_buffer_bytes={limit}")
-            return
+            return False
         self.bytes_fed += len(data)
-        self._process()
+        return True
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -127,6 +177,7 @@ class TcpIngestProtocol(asyncio.Protocol):
             self.idle_timer.cancel()
         if not self.stopping:
             # Complete objects already received are kept even though no ack can be sent.
+            self._feed(b"", final=True)
             self._process(force=True)
             self._count_trailing_bytes()
         self.stopping = True
@@ -136,6 +187,8 @@ class TcpIngestProtocol(asyncio.Protocol):
     def _process(self, *, force: bool = False) -> None:
         buffer = self.ingest.buffer
         unpacker = self.unpacker
+        if unpacker is None:
+            return
         while not self.stopping or force:
             if not force and buffer.full():
                 self._pause()
@@ -145,7 +198,7 @@ class TcpIngestProtocol(asyncio.Protocol):
             except StopIteration:
                 return
             except UNPACK_ERRORS as exc:
-                self._fail(f"not valid msgpack: {exc or type(exc).__name__}")
+                self._fail(f"not valid msgpack: {str(exc) or type(exc).__name__}")
                 return
             decoded_to = unpacker.tell()
             self._handle(obj, decoded_to - self.bytes_decoded)
@@ -154,16 +207,64 @@ class TcpIngestProtocol(asyncio.Protocol):
     def _handle(self, obj: Any, size: int) -> None:
         ingest = self.ingest
         ingest.stats.tcp_objects_received += 1
-        received_at = now_ms()
-        decoded = decode_object(obj, None, received_at, ingest.limits)
-        if not decoded.wants_ack:
-            ingest.accept(decoded, size, self.source, received_at)
+        if obj is None:
+            ingest.stats.tcp_keepalives += 1
             return
-        pending = PendingAck(decoded.ack)
+        if self.handshake is not None:
+            self._answer_handshake(obj)
+            return
+        received_at = now_ms()
+        if is_forward_request(obj):
+            self._handle_forward(obj, size, received_at)
+            return
+        if self.lenient and holds_undecodable_text(obj):
+            # What a native connection's strict decoder would have refused.
+            self._fail("not valid msgpack: text is not UTF-8")
+            return
+        self._accept(decode_object(obj, None, received_at, ingest.limits), size, received_at)
+
+    def _handle_forward(self, request: list[Any], size: int, received_at: int) -> None:
+        stats = self.ingest.stats
+        try:
+            result = decode_request(request, received_at, self.ingest.limits, self.server.forward)
+        except ForwardError as exc:
+            stats.forward_requests_refused += 1
+            if isinstance(exc, DecompressionLimitError):
+                stats.forward_decompression_refused += 1
+            self._fail(f"forward request refused: {exc}")
+            return
+        stats.forward_requests += 1
+        stats.forward_events += result.events
+        self._accept(result.decoded, size + result.inflated_bytes, received_at, forward=True)
+
+    def _accept(
+        self, decoded: Decoded, size: int, received_at: int, *, forward: bool = False
+    ) -> None:
+        if not decoded.wants_ack:
+            self.ingest.accept(decoded, size, self.source, received_at)
+            return
+        pending = PendingAck(decoded.ack, forward)
         self.pending.append(pending)
-        ingest.accept(
+        self.ingest.accept(
             decoded, size, self.source, received_at, lambda result: self._acked(pending, result)
         )
+
+    def _answer_handshake(self, message: Any) -> None:
+        assert self.handshake is not None and self.transport is not None
+        if self.handshake.refused:
+            return  # what follows a refused PING in the final flush is never stored
+        pong, refused = self.handshake.answer(message)
+        if not self.transport.is_closing():
+            self.transport.write(msgpack.packb(pong))
+        stats = self.ingest.stats
+        if refused is None:
+            stats.forward_handshakes += 1
+            self.handshake = None
+            return
+        stats.forward_handshakes_refused += 1
+        log.warning("forward handshake refused", peer=self.source, reason=sanitise(refused))
+        self._stop_reading()
+        self._close_when_acked()
 
     def _pause(self) -> None:
         if self.paused:
@@ -186,6 +287,7 @@ class TcpIngestProtocol(asyncio.Protocol):
 
     def _finish_input(self) -> None:
         """The peer will send nothing more: decode what is complete, count the rest."""
+        self._feed(b"", final=True)
         self._process(force=True)
         self._count_trailing_bytes()
         self.stopping = True
@@ -207,10 +309,13 @@ class TcpIngestProtocol(asyncio.Protocol):
             reason=sanitise(reason),
             offset=self.bytes_decoded,
         )
+        self._stop_reading()
+        self._close_when_acked()
+
+    def _stop_reading(self) -> None:
         self.stopping = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
-        self._close_when_acked()
 
     # acknowledgements
 
@@ -223,11 +328,7 @@ class TcpIngestProtocol(asyncio.Protocol):
             if transport is None or transport.is_closing():
                 continue
             assert done.result is not None
-            stored, duplicates, rejected = done.result
-            reply = {"ack": done.token, "stored": stored, "rejected": rejected}
-            if duplicates:
-                reply["duplicates"] = duplicates
-            transport.write(msgpack.packb(reply))
+            transport.write(done.reply(done.result))
             self.ingest.stats.acks_sent += 1
         if self.stopping:
             self._close_when_acked()
