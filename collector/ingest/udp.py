@@ -1,4 +1,7 @@
-"""UDP ingest: one msgpack object per datagram, never a reply."""
+"""UDP ingest: one msgpack object per datagram, never a reply to events.
+
+A datagram of zero or one byte is a Fluentd forward heartbeat, answered with one byte 0x00.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ from collector.ingest.core import Ingest, format_peer, now_ms, objects_in
 
 log = structlog.get_logger("collector.udp")
 
+HEARTBEAT_MAX_BYTES = 1
+HEARTBEAT_REPLY = b"\x00"
+
 
 class UdpIngestProtocol(asyncio.DatagramProtocol):
     def __init__(self, ingest: Ingest) -> None:
@@ -29,6 +35,9 @@ class UdpIngestProtocol(asyncio.DatagramProtocol):
         ingest = self.ingest
         stats = ingest.stats
         stats.datagrams_received += 1
+        if len(data) <= HEARTBEAT_MAX_BYTES:
+            self._answer_heartbeat(addr)
+            return
         try:
             obj = unpack_datagram(data)
         except UNPACK_ERRORS as exc:
@@ -55,6 +64,11 @@ class UdpIngestProtocol(asyncio.DatagramProtocol):
                 return
         decoded = decode_object(obj, data, received_at, ingest.limits)
         ingest.accept(decoded, len(data), lambda: format_peer("udp", addr), received_at)
+
+    def _answer_heartbeat(self, addr: Any) -> None:
+        self.ingest.stats.udp_heartbeats += 1
+        if self.transport is not None:
+            self.transport.sendto(HEARTBEAT_REPLY, addr)
 
     def error_received(self, exc: Exception) -> None:
         log.warning("udp socket error", error=str(exc))
