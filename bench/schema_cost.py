@@ -16,6 +16,7 @@ as the writer does, and prints rows/s:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -86,6 +87,15 @@ def insert_rate(path: Path, rows: int, seed: int) -> float:
     return len(batch) / elapsed
 
 
+def settle(path: Path) -> None:
+    """Write the fresh copy back and read it once, so every variant starts alike: no
+    writeback of the copy under way, the whole file in the page cache."""
+    os.sync()
+    with path.open("rb") as handle:
+        while handle.read(1 << 24):
+            pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("db", type=Path, help="a database built by bench.dataset")
@@ -97,6 +107,7 @@ def main() -> None:
         for variant in args.variant or VARIANTS:
             copy = Path(scratch) / f"{variant}.db"
             shutil.copyfile(args.db, copy)
+            settle(copy)
             with sqlite3.connect(copy, isolation_level=None) as conn:
                 shape(conn, variant)
             conn.close()
