@@ -14,7 +14,14 @@ from typing import Any
 from fluent import asyncsender, sender
 
 from collector.config import Address
-from collector.testing import DaemonProcess, count_rows, running_daemon, send_udp, wait_until
+from collector.testing import (
+    DaemonProcess,
+    QueryClient,
+    count_rows,
+    running_daemon,
+    send_udp,
+    wait_until,
+)
 
 
 def fetch(db: Path) -> list[tuple[Any, ...]]:
@@ -95,6 +102,25 @@ async def test_fluent_sender_explicit_times_and_an_action_field(db_path: Path) -
         (1_441_588_984_000, None, "purchase", None, {"tag": "shop.order"}, None),
         (1_441_588_984_125, "7", "shop.order", None, {"tag": "shop.order"}, None),
     ]
+
+
+async def test_the_tag_is_queryable_as_extra_tag(db_path: Path) -> None:
+    events = [("login", {"user_id": "a"}), ("logout", {"user_id": "a"}), ("login", {})]
+    async with running_daemon(db_path) as daemon:
+        assert daemon.tcp_address is not None and daemon.query_address is not None
+        client = sender.FluentSender("app", *daemon.tcp_address)
+        await asyncio.to_thread(emit_all, client, events)
+        await wait_until(lambda: daemon.stats.events_stored == 3)
+        query = await QueryClient.connect(daemon.query_address)
+        data, status = await query.ask("COUNT by=extra.tag format=json")
+        assert status.startswith("OK")
+        assert [json.loads(line) for line in data] == [
+            {"extra.tag": "app.login", "events": 2},
+            {"extra.tag": "app.logout", "events": 1},
+        ]
+        data, _ = await query.ask("COUNT extra.tag=app.login")
+        assert data[1:] == ["2"]
+        await query.close()
 
 
 async def test_async_fluent_sender(db_path: Path) -> None:
