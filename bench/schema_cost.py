@@ -27,7 +27,16 @@ from bench.dataset import make_events
 from collector.storage import schema
 
 TRANSACTION_ROWS = 5_000
-VARIANTS = ("plain", "rollups", "user-rollup", "user-index")
+VARIANTS = ("plain", "rollups", "daily-users", "user-rollup", "user-index")
+DAILY_USERS = """
+CREATE TABLE daily_users (day INTEGER NOT NULL, user_id TEXT NOT NULL,
+    PRIMARY KEY (day, user_id)) WITHOUT ROWID;
+INSERT INTO daily_users SELECT DISTINCT ts - ts % 86400000, user_id FROM events
+    WHERE user_id IS NOT NULL;
+CREATE TRIGGER events_rollup_day AFTER INSERT ON events WHEN new.user_id IS NOT NULL BEGIN
+    INSERT OR IGNORE INTO daily_users VALUES (new.ts - new.ts % 86400000, new.user_id);
+END;
+"""
 # A per-user rollup that would answer USER's summary from a few rows; measured, not adopted
 # (docs/performance.md).
 USER_ROLLUP = """
@@ -57,6 +66,11 @@ USER_ROLLUP = """
 def shape(conn: sqlite3.Connection, variant: str) -> None:
     if variant == "rollups":
         schema.migrate(conn)
+        return
+    if variant == "daily-users":
+        schema.migrate(conn)
+        for statement in schema.split_statements(DAILY_USERS):
+            conn.execute(statement)
         return
     if variant == "user-rollup":
         schema.migrate(conn)
