@@ -1,6 +1,6 @@
 """What a schema change costs the writer: insert speed into a copy of a large database.
 
-    python -m bench.schema_cost DB [--rows 200000] [--variant plain|rollups|user-index ...]
+    python -m bench.schema_cost DB [--rows 200000] [--variant NAME ...]
 
 DB is a database built by `bench.dataset` (ten million events). For each variant the
 script copies DB, shapes the copy, then inserts --rows new events with skewed random users
@@ -9,6 +9,7 @@ as the writer does, and prints rows/s:
 
 - plain: the events table and its indexes, no triggers (rollup triggers are dropped);
 - rollups: every migration, so the rollup triggers run on each insert;
+- daily-users: rollups plus the distinct users of each UTC day (day, user_id);
 - user-rollup: rollups plus a per-user table (user, action, first, last, events);
 - user-index: plain plus an index on (user_id, ts, action).
 """
