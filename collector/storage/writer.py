@@ -84,6 +84,8 @@ class Writer:
         self.clock = clock
         self.stopping = False
         self.commits = CommitSignal()
+        # When the commit now in progress (retries included) began; None between commits.
+        self.commit_started: float | None = None
         self._db: aiosqlite.Connection | None = None
 
     @property
@@ -144,9 +146,11 @@ class Writer:
     async def _commit_until_done(self, groups: list[Group]) -> None:
         """Retry a failed commit with backoff: what was received is never dropped here."""
         delay = RETRY_FIRST_DELAY
+        self.commit_started = self.clock()
         while True:
             try:
                 await self._commit(groups)
+                self.commit_started = None
                 return
             except sqlite3.Error as exc:
                 self.stats.commit_errors += 1
