@@ -1,0 +1,113 @@
+"""SIGHUP: live settings change at once, the others are named as needing a restart."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from systemd_helpers import NotifyListener, has
+
+from collector.testing import DaemonProcess, QueryClient, count_rows, send_udp, wait_until
+
+BIG_VALUE = "x" * 2000
+
+
+def write_config(path: Path, **values: object) -> None:
+    lines = [f"{name} = {value!r}" if not isinstance(value, str) else f'{name} = "{value}"'
+             for name, value in values.items()]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+
+
+def reloaded(record: dict[str, object]) -> bool:
+    return record.get("event") == "configuration reloaded"
+
+
+async def auth(daemon: DaemonProcess, token: str) -> str:
+    assert daemon.query is not None
+    client = await QueryClient.connect(daemon.query)
+    _, status = await client.ask(f"AUTH {token}")
+    await client.close()
+    return status
+
+
+async def test_sighup_applies_token_limits_and_log_level(db_path: Path, tmp_path: Path) -> None:
+    config = tmp_path / "collector.toml"
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    write_config(config, query_token_file=str(token_file), max_event_bytes=1024, batch_size=100)
+    notify = NotifyListener(tmp_path)
+    daemon = DaemonProcess(
+        db_path,
+        ["--config", str(config), "--batch-max-age-ms", "5", "--stats-interval", "0"],
+        env={"NOTIFY_SOCKET": notify.address},
+    ).start()
+    assert daemon.udp is not None
+    notify.wait_for(has("READY"))
+    assert await auth(daemon, "first") == "OK authenticated"
+    send_udp(daemon.udp, {"action": "big", "value": BIG_VALUE})
+    await wait_until(lambda: count_rows(db_path, "quarantine") == 1)
+
+    token_file.write_text("second\n")
+    write_config(
+        config,
+        query_token_file=str(token_file),
+        max_event_bytes=4096,
+        batch_size=200,
+        log_level="warning",
+    )
+    daemon.signal(signal.SIGHUP)
+    record = daemon.wait_for_log(reloaded)
+    assert record["changed"] == {"log_level": ["info", "warning"], "max_event_bytes": [1024, 4096]}
+    assert record["query_token_changed"] is True
+    assert record["needs_restart"] == ["batch_size"]
+    reloading = notify.wait_for(has("RELOADING"))
+    assert reloading[0] == "RELOADING=1" and reloading[1].startswith("MONOTONIC_USEC=")
+    assert notify.wait_for(lambda lines: lines[0] != "WATCHDOG=1") == ["READY=1"]
+
+    assert (await auth(daemon, "first")).startswith("ERR AUTH")
+    assert await auth(daemon, "second") == "OK authenticated"
+    send_udp(daemon.udp, {"action": "big", "value": BIG_VALUE})
+    assert daemon.stop() == 0
+    # The first big event was over the old limit, the second within the new one.
+    assert count_rows(db_path, "quarantine") == 1
+    assert count_rows(db_path, where="action = 'big'") == 1
+    # At level warning, the info lines of the stop are gone.
+    events = [r.get("event") for r in daemon.log_records()]
+    after = events[events.index("configuration reloaded") :]
+    assert "stopping" not in after and "stopped" not in after
+    notify.close()
+
+
+async def test_a_bad_configuration_on_reload_keeps_the_running_one(
+    db_path: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "collector.toml"
+    write_config(config, query_token="kept")
+    daemon = DaemonProcess(db_path, ["--config", str(config)]).start()
+    config.write_text("max_event_bytes = 'lots'\n")
+    daemon.signal(signal.SIGHUP)
+    failed = daemon.wait_for_log(lambda r: r.get("event", "").startswith("reload failed"))
+    assert "max_event_bytes" in failed["error"]
+    assert await auth(daemon, "kept") == "OK authenticated"
+    config.write_text("unknown_option = 1\n")
+    daemon.signal(signal.SIGHUP)
+    failed = daemon.wait_for_log(lambda r: "unknown option" in r.get("error", ""))
+    assert daemon.stop() == 0
+
+
+async def test_sighup_without_a_config_file_rereads_the_token_file(
+    db_path: Path, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("one")
+    daemon = DaemonProcess(db_path, env={"COLLECTOR_QUERY_TOKEN_FILE": str(token_file)}).start()
+    token_file.write_text("two")
+    daemon.signal(signal.SIGHUP)
+    record = daemon.wait_for_log(reloaded)
+    assert (record["changed"], record["query_token_changed"], record["needs_restart"]) == (
+        {},
+        True,
+        [],
+    )
+    assert await auth(daemon, "two") == "OK authenticated"
+    assert daemon.stop() == 0
