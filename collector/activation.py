@@ -79,6 +79,15 @@ def inherited_sockets(env: MutableMapping[str, str] | None = None) -> dict[str, 
     return sockets
 
 
+def passed_sockets() -> dict[str, socket.socket] | None:
+    """inherited_sockets(), or None (the reason logged) when they cannot be used."""
+    try:
+        return inherited_sockets()
+    except ActivationError as exc:
+        log.error("cannot use the sockets passed by the service manager", error=str(exc))
+        return None
+
+
 def assign_role(sock: socket.socket, name: str, taken: dict[str, socket.socket]) -> str:
     kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
     if sock.family not in (socket.AF_INET, socket.AF_INET6):

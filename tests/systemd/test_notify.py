@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import signal
 import sqlite3
-import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,20 +64,16 @@ def test_ready_status_watchdog_pace_and_stopping(db_path: Path, listener: Notify
     assert kind(status) == "STATUS"
     assert status[0] == "STATUS=0 events/s, 0 stored, 0 buffered"
     ping_times = []
-    while len(ping_times) < 8:
+    while len(ping_times) < 11:
         listener.wait_for(has("WATCHDOG"), timeout=5)
         ping_times.append(listener.messages[-1][0])
-    gaps = [b - a for a, b in itertools.pairwise(ping_times)]
-    # Half of WATCHDOG_USEC is 0.2 s: never much faster, and on the whole not slower.
-    assert min(gaps) > 0.12
-    assert 0.15 < statistics.median(gaps) < 0.35
+    # Half of WATCHDOG_USEC is 0.2 s, so ten intervals take 2 s; the margins allow for a
+    # late read here (a shorter span) and a busy machine there (a longer one).
+    assert 1.5 < ping_times[-1] - ping_times[0] < 4.0
     assert daemon.stop() == 0
-    rest = listener.drain()
-    assert [kind(lines) for lines in rest if kind(lines) != "WATCHDOG"][-2:] == [
-        "STOPPING",
-        "STATUS",
-    ]
-    assert rest[-1] == ["STATUS=stopping: flushing 0 buffered events"]
+    # Pings may go on while the stop runs; the other messages end with these two.
+    rest = [lines for lines in listener.drain() if kind(lines) != "WATCHDOG"]
+    assert rest[-2:] == [["STOPPING=1"], ["STATUS=stopping: flushing 0 buffered events"]]
     assert [kind(lines) for lines in listener.received()].count("READY") == 1
 
 
