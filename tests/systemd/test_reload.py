@@ -5,9 +5,20 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 from systemd_helpers import NotifyListener, has
 
-from collector.testing import DaemonProcess, QueryClient, count_rows, send_udp, wait_until
+from collector import reload as reload_module
+from collector.daemon import Daemon
+from collector.reload import LIVE, reload_config
+from collector.testing import (
+    DaemonProcess,
+    QueryClient,
+    count_rows,
+    send_udp,
+    wait_until,
+)
+from collector.testing import test_config as config_for
 
 BIG_VALUE = "x" * 2000
 
@@ -111,3 +122,43 @@ async def test_sighup_without_a_config_file_rereads_the_token_file(
     )
     assert await auth(daemon, "two") == "OK authenticated"
     assert daemon.stop() == 0
+
+
+def test_every_live_setting_reaches_the_running_parts(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logging_set: list[tuple[str, str]] = []
+    monkeypatch.setattr(reload_module, "configure_logging", lambda *args: logging_set.append(args))
+    daemon = Daemon(config_for(db_path))
+    new = config_for(
+        db_path,
+        max_event_bytes=999,
+        max_extra_bytes=500,
+        max_extra_depth=3,
+        max_batch_events=7,
+        buffer_max_events=11,
+        buffer_max_bytes=4096,
+        buffer_low_water=0.25,
+        query_max_rows=5,
+        query_timeout_ms=250.0,
+        query_sql_enabled=False,
+        query_max_connections=2,
+        query_idle_timeout=9.0,
+        query_token="t",
+        batch_size=1,
+        log_format="json",
+    )
+    outcome = reload_config(daemon, lambda: new)
+    assert outcome is not None
+    assert set(outcome.applied) == {*LIVE} - {"log_level", "query_token_file"}
+    assert outcome.needs_restart == ["batch_size"]
+    assert daemon.ingest.limits == (999, 500, 3, 7)
+    buffer = daemon.buffer
+    assert (buffer.max_events, buffer.max_bytes, buffer.low_water) == (11, 4096, 0.25)
+    context = daemon.queries.context
+    assert (context.token, context.max_rows, context.sql_enabled) == ("t", 5, False)
+    assert (daemon.reader.max_rows, daemon.reader.timeout) == (5, 0.25)
+    assert (daemon.queries.limits.max_connections, daemon.queries.limits.idle_timeout) == (2, 9.0)
+    assert daemon.config.batch_size == 5000  # not applied: it needs a restart
+    assert daemon.config.max_event_bytes == 999
+    assert logging_set == [("info", "json")]
