@@ -159,15 +159,16 @@ def listening_tcp() -> socket.socket:
     return sock
 
 
-RATE = 1000  # datagrams per second, sent in ticks of 10
+RATE = 1000  # datagrams per second, sent every 10 ms
 
 
 class Sender(threading.Thread):
     """A steady stream of numbered datagrams until stopped; `sent` counts them."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], rate: int = RATE) -> None:
         super().__init__(daemon=True)
         self.target = target
+        self.rate = rate
         self.sent = 0
         self.done = threading.Event()
 
@@ -175,7 +176,7 @@ class Sender(threading.Thread):
         started = time.monotonic()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             while not self.done.is_set():
-                due = int((time.monotonic() - started) * RATE)
+                due = int((time.monotonic() - started) * self.rate)
                 while self.sent < due:
                     sock.sendto(msgpack.packb({"action": "r", "value": self.sent}), self.target)
                     self.sent += 1
