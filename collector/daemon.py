@@ -12,21 +12,25 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 
-from collector import __version__
+from collector import __version__, activation
 from collector.buffer import EventBuffer
 from collector.config import Address, Config
 from collector.events import Limits
+from collector.forward.settings import forward_settings
 from collector.ingest.core import Ingest
 from collector.ingest.tcp import TcpIngest, TcpSettings
-from collector.ingest.udp import UdpIngestProtocol, udp_socket
+from collector.ingest.udp import UdpIngestProtocol
 from collector.query.reader import Reader
 from collector.query.server import Limits as QueryLimits
 from collector.query.server import QueryServer
 from collector.query.verbs import Context
+from collector.sdnotify import Notifier
+from collector.service import ServiceLink
 from collector.stats import Stats
 from collector.storage.writer import CommitSignal, Writer
 
@@ -38,8 +42,15 @@ REPEATED_SIGNAL_GRACE = 0.5
 
 
 class Daemon:
-    def __init__(self, config: Config, stats: Stats | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        stats: Stats | None = None,
+        sockets: Mapping[str, socket.socket] | None = None,
+    ) -> None:
         self.config = config
+        # Listening sockets passed by the service manager, by role (udp, tcp, query).
+        self.inherited = dict(sockets or {})
         self.stats = stats or Stats()
         self.buffer = EventBuffer(
             max_events=config.buffer_max_events,
@@ -54,6 +65,7 @@ class Daemon:
             TcpSettings(
                 config.tcp_max_buffer_bytes, config.tcp_max_connections, config.tcp_idle_timeout
             ),
+            forward_settings(config),
         )
         self.writer = Writer(
             config.db,
@@ -108,8 +120,8 @@ class Daemon:
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
-        if config.udp is not None:
-            sock = udp_socket(config.udp, config.udp_receive_buffer)
+        sock = activation.udp_listener(self.inherited, config.udp, config.udp_receive_buffer)
+        if sock is not None:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: UdpIngestProtocol(self.ingest), sock=sock
             )
@@ -117,18 +129,15 @@ class Daemon:
             self.udp_address = bound_address(sock)
             # Linux reports twice the size asked for (it counts its own bookkeeping).
             self.udp_receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
-        if config.tcp is not None:
-            server = await loop.create_server(
-                self.tcp.protocol, config.tcp.host, config.tcp.port, backlog=1024
-            )
+        tcp = activation.listen_on(self.inherited, "tcp", config.tcp)
+        if tcp is not None:
+            server = await loop.create_server(self.tcp.protocol, backlog=1024, **tcp)
             self._tcp_server = server
             self.tcp_address = bound_address(server.sockets[0])
-        if config.query is not None:
+        query = activation.listen_on(self.inherited, "query", config.query)
+        if query is not None:
             query_server = await asyncio.start_server(
-                self.queries.handle,
-                config.query.host,
-                config.query.port,
-                limit=config.query_max_line_bytes + 2,
+                self.queries.handle, limit=config.query_max_line_bytes + 2, **query
             )
             self._query_server = query_server
             self.query_address = bound_address(query_server.sockets[0])
@@ -230,9 +239,14 @@ def bound_address(sock: socket.socket) -> Address:
     return Address(host, port)
 
 
-async def serve(config: Config) -> int:
-    """Run until SIGTERM or SIGINT; a second signal exits at once."""
-    daemon = Daemon(config)
+async def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run until SIGTERM or SIGINT; a second signal exits at once. SIGHUP calls `reload`
+    for a new configuration and applies what can change while running."""
+    sockets = activation.passed_sockets()
+    if sockets is None:
+        return 1
+    daemon = Daemon(config, sockets=sockets)
+    link = ServiceLink(Notifier.from_environ(), daemon)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
@@ -253,20 +267,25 @@ async def serve(config: Config) -> int:
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, link.reload, reload or (lambda: config))
     try:
         try:
             await daemon.start()
         except OSError as exc:
             log.error("cannot start", error=str(exc))
             return 1
-        return await run_until_stopped(daemon, stop_requested)
+        link.started()
+        return await run_until_stopped(daemon, stop_requested, link)
     finally:
-        for signum in signals:
+        for signum in (*signals, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
+        await link.close()
 
 
-async def run_until_stopped(daemon: Daemon, stop_requested: asyncio.Event) -> int:
+async def run_until_stopped(
+    daemon: Daemon, stop_requested: asyncio.Event, link: ServiceLink | None = None
+) -> int:
     """Serve until asked to stop, or until the writer ends on its own (exit code 1)."""
     waiter = asyncio.ensure_future(stop_requested.wait())
     done, _ = await asyncio.wait([waiter, daemon.writer_task], return_when=asyncio.FIRST_COMPLETED)
@@ -276,16 +295,18 @@ async def run_until_stopped(daemon: Daemon, stop_requested: asyncio.Event) -> in
         task = daemon.writer_task
         error = "cancelled" if task.cancelled() else repr(task.exception())
         log.error("the writer stopped unexpectedly", error=error)
+    if link is not None:
+        link.stopping()
     await daemon.stop()
     return 1 if failed else 0
 
 
-def run(config: Config) -> int:
+def run(config: Config, reload: Callable[[], Config] | None = None) -> int:
     import uvloop
 
     # The writer thread gives up the GIL during every SQLite call and must win it back
     # from a busy event loop; Python's default 5 ms switch interval makes each such
     # hand-off cost up to 5 ms under load. See docs/performance.md.
     sys.setswitchinterval(config.gil_switch_interval_ms / 1000.0)
-    result: Any = uvloop.run(serve(config))
+    result: Any = uvloop.run(serve(config, reload))
     return int(result)
