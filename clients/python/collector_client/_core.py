@@ -1,0 +1,445 @@
+"""What Tracker and AsyncTracker share: the event queue, its accounting and the counters.
+
+`track()` is the hot path: it builds the event, packs it to msgpack in the calling thread
+(so a later change to `extra` cannot reach it) and appends the bytes to a deque under a lock.
+Each event is packed with `sent_at` last and its 8-byte float value cut off; a sender puts
+the send time back between the events as it joins them (see `_wire.join_events`).
+
+Every event given to `track()` is counted once in `queued` and ends in exactly one of `sent`
+(UDP) or `acknowledged` (TCP), `dropped`, or `pending`. Events accepted into the queue are
+numbered in order (the newest is `_accepted`): the queue always holds a contiguous run of
+numbers ending at `_accepted` and the batches in flight hold older runs, so `flush()` tells
+whether everything accepted before it was called is done by comparing numbers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from collector_client._settings import (
+    DATAGRAM_HEADER_BYTES,
+    MAX_UDP_PAYLOAD,
+    SENT_AT_VALUE_BYTES,
+    ErrorHandler,
+    FlushResult,
+    Settings,
+    TrackerError,
+    TrackerStats,
+    batch_budget,
+    datagram_budget,
+)
+
+MAX_DATAGRAM_EVENTS = 0xFFFF  # an array 16 header
+WAS_IDLE, SEALED = 1, 2  # what track() tells the sender
+SEND_ERROR_REPORT_INTERVAL = 1.0  # seconds
+
+
+class EventIds:
+    """Event ids: a random prefix drawn once per process and a counter.
+
+    Unique without a system call per event, and increasing within a process, which is kind
+    to the daemon's unique index. A forked child draws its own prefix (`renew`), or it would
+    repeat its parent's ids and the daemon would take the child's events for duplicates.
+    """
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self.prefix = base64.urlsafe_b64encode(os.urandom(12)).decode("ascii") + "."
+        self.counter = itertools.count(1)
+
+
+_ids = EventIds()
+
+
+class Batch:
+    """Events taken from the queue together: one UDP datagram, or one TCP envelope.
+
+    `events` are packed events without their sent_at value; `first_seq..last_seq` are their
+    numbers in the queue.
+    """
+
+    __slots__ = ("attempts", "events", "first_seq", "last_seq", "sent_time", "token")
+
+    def __init__(self, events: list[bytes], first_seq: int) -> None:
+        self.events = events
+        self.first_seq = first_seq
+        self.last_seq = first_seq + len(events) - 1
+        self.attempts = 0
+        self.token = ""
+        self.sent_time = 0.0
+
+
+class EventQueue:
+    """The queue and the counters. Subclasses run a sender and say how to wake it.
+
+    Queued events are grouped as they come into chunks of one datagram (UDP) or one batch
+    (TCP): `_open` fills up, and is sealed into `_sealed` once the next event would not fit.
+    A sealed chunk is due at once; the open one after linger_ms, or on flush().
+    """
+
+    def __init__(self, settings: Settings, on_error: ErrorHandler | None) -> None:
+        self.settings = settings
+        self.on_error = on_error
+        self._clock = settings.clock
+        # Used under the lock: a Packer is not thread-safe, and one per call costs more than
+        # the packing. An aware datetime (as ts or in extra) goes out as a msgpack Timestamp.
+        self._pack = msgpack.Packer(datetime=True).pack
+        self._drop_oldest = settings.overflow == "drop_oldest"
+        if settings.transport == "udp":
+            self._chunk_events = MAX_DATAGRAM_EVENTS
+            self._chunk_bytes = datagram_budget(settings)
+            self._max_event_bytes = MAX_UDP_PAYLOAD - DATAGRAM_HEADER_BYTES
+        else:
+            self._chunk_events = settings.batch_size
+            self._chunk_bytes = self._max_event_bytes = batch_budget(settings)
+        # A sealed chunk is sent by the thread that sealed it (see the senders' assist()).
+        self._caller_sends = settings.caller_sends
+        self._linger = settings.linger_ms / 1000
+        self._closed = False
+        self._reset()
+        _live_trackers.add(self)
+
+    def _reset(self) -> None:
+        """A fresh queue and counters: at creation, and in a forked child."""
+        self._lock = threading.Lock()
+        self._progressed = threading.Condition(self._lock)
+        self._sealed: deque[list[bytes]] = deque()
+        self._open: list[bytes] = []
+        self._open_bytes = 0  # with the sent_at values
+        self._length = 0  # events in _sealed and _open
+        self._in_flight: deque[Batch] = deque()
+        # A closed tracker has no room: every event is dropped and counted.
+        self._capacity = 0 if self._closed else self.settings.max_queue
+        self._accepted = 0
+        self._idle = True  # the sender does not know about queued events: wake it
+        self._first_waiting: float | None = None
+        self._flushers = 0
+        self._closing = False
+        self._last_send_error = -SEND_ERROR_REPORT_INTERVAL
+        self._queued = self._sent = self._acknowledged = self._rejected = 0
+        self._dropped = self._retries = self._errors = self._oversized = 0
+
+    def track(  # noqa: PLR0917 - the signature apps know: track("click", user, value)
+        self,
+        action: str,
+        user_id: str | int | None = None,
+        value: Any = None,
+        extra: dict[str, Any] | None = None,
+        ts: Any = None,
+        id: str | None = None,
+    ) -> None:
+        """Queue one event. Never waits on the network and never raises, except TypeError
+        when `action` is not a str: that is a bug at the call site."""
+        if type(action) is not str:
+            raise TypeError(f"action must be a str, got {type(action).__name__}")
+        event = {
+            "action": action,
+            "ts": self._clock() if ts is None else ts,
+            "id": f"{_ids.prefix}{next(_ids.counter)}" if id is None else id,
+        }
+        if user_id is not None:
+            event["user_id"] = user_id
+        if value is not None:
+            event["value"] = value
+        if extra is not None:
+            event["extra"] = extra
+        event["sent_at"] = 0.0  # last: the sender writes the send time over its value
+        with self._lock:
+            self._queued += 1
+            try:
+                data = self._pack(event)[:-SENT_AT_VALUE_BYTES]
+            except Exception:  # whatever the app put in it costs this event only
+                data = b""
+            size = len(data) + SENT_AT_VALUE_BYTES
+            if not data or size > self._max_event_bytes:
+                self._dropped += 1
+            elif not (signal := self._enqueue(data, size)):
+                return
+        if not data or size > self._max_event_bytes:
+            self._report(self._refusal(event, size))
+            return
+        if signal & SEALED and self._caller_sends:
+            self._assist()
+            if not signal & WAS_IDLE:
+                return
+        self._wake()
+
+    def _enqueue(self, data: bytes, size: int) -> int:
+        """Add a packed event (lock held). Return what the sender must hear of: WAS_IDLE,
+        SEALED (a chunk is ready), both, or 0."""
+        if self._length >= self._capacity:
+            self._dropped += 1
+            if not (self._drop_oldest and self._length):
+                return 0
+            self._evict_oldest()
+        chunk = self._open
+        signal = 0
+        if chunk and (
+            self._open_bytes + size > self._chunk_bytes or len(chunk) >= self._chunk_events
+        ):
+            self._sealed.append(chunk)
+            self._open = chunk = []
+            self._open_bytes = 0
+            signal = SEALED
+        chunk.append(data)
+        self._open_bytes += size
+        self._length += 1
+        self._accepted += 1
+        if self._idle:
+            self._idle = False
+            signal |= WAS_IDLE
+        return signal
+
+    def _evict_oldest(self) -> None:
+        """drop_oldest: the oldest queued event makes room (lock held, queue not empty)."""
+        if self._sealed:
+            del self._sealed[0][0]
+            if not self._sealed[0]:
+                self._sealed.popleft()
+        else:
+            self._open_bytes -= len(self._open.pop(0)) + SENT_AT_VALUE_BYTES
+        self._length -= 1
+
+    def stats(self) -> TrackerStats:
+        with self._lock:
+            return TrackerStats(
+                queued=self._queued,
+                sent=self._sent,
+                acknowledged=self._acknowledged,
+                rejected=self._rejected,
+                dropped=self._dropped,
+                retries=self._retries,
+                errors=self._errors,
+                oversized=self._oversized,
+                pending=self._pending_through(self._accepted),
+            )
+
+    # Hooks for the subclasses.
+
+    def _wake(self) -> None:
+        """Tell the sender there is work (start it on first use)."""
+        raise NotImplementedError
+
+    def _assist(self) -> None:
+        """A chunk is full: send it from the calling thread, without waiting."""
+
+    def _notify_progress(self) -> None:
+        """Called with the lock held whenever events leave the queue or the flight."""
+        self._progressed.notify_all()
+
+    def _after_fork_in_child(self) -> None:
+        self._reset()
+
+    def _close_at_exit(self) -> None:
+        raise NotImplementedError
+
+    # For the senders.
+
+    def _take(self, now: float, sealed_only: bool = False) -> tuple[Batch | None, float]:
+        """The next chunk to send, as a batch in flight; or (None, seconds until the open
+        chunk is due); or (None, -1.0) when the queue is empty: the sender is then idle and
+        track() will wake it."""
+        with self._lock:
+            if self._sealed:
+                events = self._sealed.popleft()
+            elif not self._open or sealed_only:
+                if not self._open:
+                    self._first_waiting = None
+                    self._idle = True
+                return None, -1.0
+            else:
+                wait = self._linger_left(now)
+                if wait > 0:
+                    return None, wait
+                events, self._open, self._open_bytes = self._open, [], 0
+                self._first_waiting = None
+            batch = Batch(events, self._accepted - self._length + 1)
+            self._length -= len(events)
+            self._in_flight.append(batch)
+            return batch, 0.0
+
+    def _send_sealed(self, send: Callable[[list[bytes]], object]) -> OSError | None:
+        """UDP, from the thread that sealed a chunk: `send` it at once, without waiting.
+
+        The lock is held through the send, which cannot wait (MSG_DONTWAIT, or an asyncio
+        transport), so the counters never see the chunk neither queued nor sent. Returns the
+        send error, the chunk counted as dropped; a chunk the socket has no room for stays
+        queued for the sender.
+        """
+        with self._lock:
+            if not self._sealed:
+                return None
+            events = self._sealed[0]
+            try:
+                send(events)
+            except BlockingIOError:
+                return None
+            except OSError as error:
+                self._dropped += len(events)
+                failure: OSError | None = error
+            else:
+                self._sent += len(events)
+                self._oversized += is_oversized(events, self._chunk_bytes)
+                failure = None
+            self._sealed.popleft()
+            self._length -= len(events)
+            if self._flushers:
+                self._notify_progress()
+            return failure
+
+    def _linger_left(self, now: float) -> float:
+        """Seconds before the open chunk is due (lock held)."""
+        if self._flushers or self._closing:
+            return 0.0
+        if self._first_waiting is None:
+            self._first_waiting = now
+        return self._first_waiting + self._linger - now
+
+    def _oldest_in_flight(self) -> Batch | None:
+        with self._lock:
+            return self._in_flight[0] if self._in_flight else None
+
+    def _unacknowledged(self) -> list[Batch]:
+        with self._lock:
+            return list(self._in_flight)
+
+    def _in_flight_count(self) -> int:
+        return len(self._in_flight)
+
+    def _complete(
+        self,
+        batch: Batch,
+        *,
+        sent: int = 0,
+        acknowledged: int = 0,
+        rejected: int = 0,
+        dropped: int = 0,
+        oversized: int = 0,
+    ) -> None:
+        """A batch is done: it leaves the flight and its events are counted."""
+        with self._lock:
+            if batch in self._in_flight:
+                self._in_flight.remove(batch)
+            self._sent += sent
+            self._acknowledged += acknowledged
+            self._rejected += rejected
+            self._dropped += dropped
+            self._oversized += oversized
+            self._notify_progress()
+
+    def _count(self, sent: int = 0, retries: int = 0, errors: int = 0) -> None:
+        with self._lock:
+            self._sent += sent
+            self._retries += retries
+            self._errors += errors
+
+    def _report(self, error: Exception) -> None:
+        """Count a failure and hand it to on_error, whose own exceptions are swallowed."""
+        self._count(errors=1)
+        if self.on_error is not None:
+            with contextlib.suppress(Exception):  # the app's handler must not stop the sender
+                self.on_error(error)
+
+    def _report_send_error(self, error: Exception) -> None:
+        """Every send or connection error is counted; on_error hears of one per second at
+        most, so that a daemon that is down does not flood the app's logs."""
+        now = time.monotonic()
+        if now - self._last_send_error >= SEND_ERROR_REPORT_INTERVAL:
+            self._last_send_error = now
+            self._report(error)
+        else:
+            self._count(errors=1)
+
+    def _refusal(self, event: dict[str, Any], size: int) -> TrackerError:
+        """Why track() did not queue an event (it could not be packed, or is too large)."""
+        what = event.get("action")
+        if size == SENT_AT_VALUE_BYTES:
+            try:
+                msgpack.packb(event, datetime=True)
+            except Exception as error:
+                return TrackerError(f"event {what!r} dropped: cannot be encoded: {error}")
+        if self.settings.transport == "udp":
+            return TrackerError(
+                f"event {what!r} dropped: {size} bytes of msgpack, more than a UDP datagram "
+                "can carry; send large events with transport='tcp'"
+            )
+        return TrackerError(
+            f"event {what!r} dropped: {size} bytes of msgpack, more than max_batch_bytes "
+            f"({self.settings.max_batch_bytes}) allows"
+        )
+
+    # For flush() and close().
+
+    def _flush_target(self) -> int | None:
+        """The number of the newest accepted event, or None when nothing is waiting."""
+        with self._lock:
+            target = self._accepted
+            return None if self._flushed(target) else target
+
+    def _flushed(self, target: int) -> bool:
+        if self._in_flight:
+            return self._in_flight[0].first_seq > target
+        return self._accepted - self._length >= target
+
+    def _pending_through(self, target: int) -> int:
+        """Events numbered up to `target` still queued or in flight (lock held)."""
+        pending = 0
+        for batch in self._in_flight:
+            if batch.first_seq <= target:
+                pending += min(batch.last_seq, target) - batch.first_seq + 1
+        head = self._accepted - self._length + 1
+        return pending + max(0, target - head + 1)
+
+    def _flush_result(self, target: int) -> FlushResult:
+        with self._lock:
+            return FlushResult(self._flushed(target), self._pending_through(target))
+
+    def _abandon(self) -> None:
+        """Closing: whatever is still queued or in flight is dropped and counted."""
+        with self._lock:
+            self._closed = True
+            self._capacity = 0
+            self._dropped += self._length + sum(len(b.events) for b in self._in_flight)
+            self._sealed.clear()
+            self._open, self._open_bytes, self._length = [], 0, 0
+            self._in_flight.clear()
+            self._notify_progress()
+
+
+def is_oversized(events: list[bytes], budget: int) -> int:
+    """1 for a datagram of one event larger than the datagram budget, else 0."""
+    return int(len(events) == 1 and len(events[0]) + SENT_AT_VALUE_BYTES > budget)
+
+
+_live_trackers: weakref.WeakSet[EventQueue] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    _ids.renew()
+    for tracker in list(_live_trackers):
+        tracker._after_fork_in_child()
+
+
+def _close_all_at_exit() -> None:
+    for tracker in list(_live_trackers):
+        if not tracker._closed:
+            tracker._close_at_exit()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)

@@ -1,0 +1,384 @@
+"""`AsyncTracker`: the same tracker for asyncio apps, with a task instead of a thread.
+
+    async with AsyncTracker(transport="tcp") as tracker:
+        tracker.track("signup", user_id="u1")      # not a coroutine: it never waits
+        result = await tracker.flush(timeout=5.0)
+
+`track()` must be called from the event loop's thread; the sender task starts on the first
+call. Close the tracker (`await tracker.close()`, or `async with`) before the loop ends; what
+an unclosed tracker still holds at interpreter exit is sent then with blocking sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from types import TracebackType
+from typing import Unpack
+
+from collector_client._core import Batch, EventQueue, is_oversized
+from collector_client._settings import (
+    DEFAULT_PORT,
+    ErrorHandler,
+    FlushResult,
+    Settings,
+    TrackerError,
+    TrackerOptions,
+    TrackerStats,
+    Transport,
+    datagram_budget,
+)
+from collector_client._wire import AckReader, backoff_delay, datagram, envelope
+
+__all__ = ["AsyncTracker", "FlushResult", "TrackerStats"]
+
+RECV_BYTES = 65536
+UNEXPECTED_ERROR_PAUSE = 0.1  # seconds
+
+
+class AsyncTracker(EventQueue):
+    """Events to a collector daemon over UDP (fire and forget) or TCP (acknowledged), from
+    asyncio code. Same options, counters and guarantees as `Tracker`."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        transport: Transport = "udp",
+        *,
+        on_error: ErrorHandler | None = None,
+        **options: Unpack[TrackerOptions],
+    ) -> None:
+        super().__init__(Settings(host=host, port=port, transport=transport, **options), on_error)
+        self._sender: AsyncSender | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._progress: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"AsyncTracker({s.host!r}, {s.port}, transport={s.transport!r})"
+
+    async def flush(self, timeout: float | None = None) -> FlushResult:  # noqa: ASYNC109 - as Tracker
+        """Send what is queued now and wait until it is sent (UDP) or acknowledged (TCP),
+        for at most `timeout` seconds (None: no limit)."""
+        target = self._flush_target()
+        if target is None:
+            return FlushResult(True, 0)
+        with self._lock:
+            self._flushers += 1
+        try:
+            self._wake()
+            progress = self._progress
+            assert progress is not None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    while not self._is_flushed(target):
+                        progress.clear()
+                        await progress.wait()
+        finally:
+            with self._lock:
+                self._flushers -= 1
+        return self._flush_result(target)
+
+    async def close(self, timeout: float | None = 5.0) -> FlushResult:  # noqa: ASYNC109 - as Tracker
+        """Flush for at most `timeout` seconds, stop the sender and drop (and count) whatever
+        is left. track() after close() drops its events."""
+        with self._lock:
+            self._closing = True
+        result = await self.flush(timeout)
+        with self._lock:
+            self._closed = True
+            self._capacity = 0
+        sender, task = self._sender, self._task
+        if sender is not None and task is not None:
+            sender.stop()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await task
+        self._abandon()
+        return result
+
+    async def __aenter__(self) -> AsyncTracker:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close(self.settings.exit_timeout)
+
+    def _is_flushed(self, target: int) -> bool:
+        with self._lock:
+            return self._flushed(target)
+
+    def _wake(self) -> None:
+        if self._sender is None:
+            self._start_sender()
+        else:
+            self._sender.wakeup.set()
+
+    def _assist(self) -> None:
+        if self._sender is not None:
+            self._sender.assist()
+
+    def _start_sender(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "AsyncTracker.track() needs a running event loop; use Tracker from threads"
+            ) from None
+        sender: AsyncSender = (
+            AsyncTcpSender(self) if self.settings.transport == "tcp" else AsyncUdpSender(self)
+        )
+        self._progress = asyncio.Event()
+        self._sender = sender
+        self._task = loop.create_task(sender.run(), name="collector-tracker")
+
+    def _notify_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.set()
+
+    def _after_fork_in_child(self) -> None:
+        self._sender = self._task = self._progress = None
+        super()._after_fork_in_child()
+
+    def _close_at_exit(self) -> None:
+        # The event loop is gone: send what is left from here, with blocking sockets.
+        if self.stats().pending:
+            from collector_client.tracker import send_leftovers
+
+            send_leftovers(self, self.settings.exit_timeout)
+
+
+class AsyncSender:
+    """What both asyncio senders share: the wake-up event, the loop and how they stop."""
+
+    def __init__(self, queue: EventQueue) -> None:
+        self.queue = queue
+        self.settings = queue.settings
+        self.wakeup = asyncio.Event()
+        self.stop_requested = False
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        try:
+            while not self.stop_requested:
+                try:
+                    await self.step()
+                except Exception as error:  # a bug must not end the sending: say so, go on
+                    self.queue._report(error)
+                    await self.sleep(UNEXPECTED_ERROR_PAUSE)
+        finally:
+            await self.close()
+
+    async def sleep(self, seconds: float | None) -> None:
+        """Until woken (by track(), flush(), an ack) or `seconds` (None: no limit)."""
+        if not self.wakeup.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self.wakeup.wait()
+        self.wakeup.clear()
+
+    async def step(self) -> None:
+        raise NotImplementedError
+
+    def assist(self) -> None:
+        """A chunk is full: send it now (track() calls this; it must not wait)."""
+
+    async def close(self) -> None:
+        pass
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    """Remembers the error of the send in progress; reports those that come later."""
+
+    def __init__(self, queue: EventQueue) -> None:
+        self.queue = queue
+        self.error: Exception | None = None
+        self.sending = False
+
+    def error_received(self, exc: Exception) -> None:
+        if self.sending:
+            self.error = exc
+        else:
+            self.queue._report_send_error(exc)
+
+
+class AsyncUdpSender(AsyncSender):
+    def __init__(self, queue: EventQueue) -> None:
+        super().__init__(queue)
+        self.budget = datagram_budget(self.settings)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.protocol = UdpProtocol(queue)
+
+    async def step(self) -> None:
+        if self.transport is None:
+            await self.open()
+        batch, wait = self.queue._take(time.monotonic())
+        if batch is None:
+            await self.sleep(None if wait < 0 else wait)
+            return
+        try:
+            self.send(batch.events)
+        except OSError as error:
+            self.queue._complete(batch, dropped=len(batch.events))
+            self.queue._report_send_error(error)
+        else:
+            oversized = is_oversized(batch.events, self.budget)
+            self.queue._complete(batch, sent=len(batch.events), oversized=oversized)
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.transport, _ = await loop.create_datagram_endpoint(
+                lambda: self.protocol, remote_addr=(self.settings.host, self.settings.port)
+            )
+        except OSError as error:
+            self.queue._report_send_error(error)
+            await self.sleep(UNEXPECTED_ERROR_PAUSE)
+
+    def send(self, events: list[bytes]) -> None:
+        """One datagram; raises the error the socket gave (asyncio hands it to the
+        protocol instead of raising)."""
+        if self.transport is None:
+            raise ConnectionError("the UDP socket is not open")
+        protocol = self.protocol
+        protocol.sending, protocol.error = True, None
+        try:
+            self.transport.sendto(datagram(events, self.settings.clock))
+        finally:
+            protocol.sending = False
+        if protocol.error is not None:
+            raise protocol.error
+
+    def assist(self) -> None:
+        if self.transport is not None:
+            error = self.queue._send_sealed(self.send)
+            if error is not None:
+                self.queue._report_send_error(error)
+
+    async def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+class AsyncTcpSender(AsyncSender):
+    """Acknowledged batches on one connection, up to max_in_flight at a time; a task per
+    connection reads the acks. On any failure every unacknowledged batch is sent again."""
+
+    def __init__(self, queue: EventQueue) -> None:
+        super().__init__(queue)
+        self.writer: asyncio.StreamWriter | None = None
+        self.reading: asyncio.Task[None] | None = None
+        self.tokens = 0
+        self.failures = 0  # in a row, for the backoff
+        self.next_attempt = 0.0
+
+    async def step(self) -> None:
+        if self.writer is None:
+            await self.connect_or_wait()
+            return
+        try:
+            wait = self.exchange(sealed_only=False)
+            await self.sleep(wait)
+        except (OSError, TrackerError) as error:
+            await self.disconnect(error)
+
+    def exchange(self, sealed_only: bool) -> float | None:
+        """Write the batches that are due while the window has room; return seconds until
+        the next one is due or its ack is late (None: no limit). Raises what broke."""
+        if self.reading is not None and self.reading.done():
+            error = self.reading.exception() or ConnectionError("ack reader stopped")
+            raise error if isinstance(error, Exception) else ConnectionError(str(error))
+        assert self.writer is not None
+        wait = -1.0
+        while self.queue._in_flight_count() < self.settings.max_in_flight:
+            batch, wait = self.queue._take(time.monotonic(), sealed_only)
+            if batch is None:
+                break
+            self.writer.write(self.envelope(batch))
+        return self.ack_deadline(None if wait < 0 else wait)
+
+    def ack_deadline(self, wait: float | None) -> float | None:
+        oldest = self.queue._oldest_in_flight()
+        if oldest is None:
+            return wait
+        ack_due = oldest.sent_time + self.settings.ack_timeout - time.monotonic()
+        if ack_due <= 0:
+            raise TimeoutError(f"no ack within {self.settings.ack_timeout} s")
+        return ack_due if wait is None else min(wait, ack_due)
+
+    def assist(self) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            with contextlib.suppress(OSError, TrackerError):  # the sender will see it too
+                self.exchange(sealed_only=True)
+
+    def envelope(self, batch: Batch) -> bytes:
+        self.tokens += 1
+        if batch.attempts:
+            self.queue._count(retries=len(batch.events))
+        else:
+            self.queue._count(sent=len(batch.events))
+        data = envelope(batch, f"b{self.tokens}", self.settings.clock)
+        batch.sent_time = time.monotonic()
+        return data
+
+    async def connect_or_wait(self) -> None:
+        now = time.monotonic()
+        if now < self.next_attempt:
+            await self.sleep(self.next_attempt - now)
+            return
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    self.settings.host, self.settings.port
+                )
+        except OSError as error:  # TimeoutError included
+            self.note_failure(error)
+            return
+        self.writer = writer
+        self.reading = asyncio.create_task(self.read_acks(reader, AckReader(self.queue)))
+        writer.write(b"".join(map(self.envelope, self.queue._unacknowledged())))
+
+    async def read_acks(self, reader: asyncio.StreamReader, acks: AckReader) -> None:
+        try:
+            while True:
+                data = await reader.read(RECV_BYTES)
+                if not data:
+                    raise ConnectionError("the daemon closed the connection")
+                if acks.feed(data):
+                    self.failures = 0
+                    self.wakeup.set()
+        finally:
+            self.wakeup.set()
+
+    def note_failure(self, error: Exception) -> None:
+        self.failures += 1
+        settings = self.settings
+        delay = backoff_delay(self.failures, settings.backoff_initial, settings.backoff_max)
+        self.next_attempt = time.monotonic() + delay
+        self.queue._report_send_error(error)
+
+    async def disconnect(self, error: Exception) -> None:
+        await self.close()
+        self.note_failure(error)
+
+    async def close(self) -> None:
+        reading, writer = self.reading, self.writer
+        self.reading = self.writer = None
+        if reading is not None:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reading
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, RuntimeError):
+                await writer.wait_closed()

@@ -1,0 +1,159 @@
+"""`Tracker`: put events into collector from any Python program, with one background thread.
+
+    tracker = Tracker()                       # UDP to 127.0.0.1:24224, fire and forget
+    tracker.track("click", user_id=42, value="buy", extra={"page": "/cart"})
+
+    reliable = Tracker(port=24224, transport="tcp")   # acknowledged, retried, deduplicated
+    reliable.track("signup", user_id="u1")
+    result = reliable.flush(timeout=5.0)      # FlushResult(complete=True, pending=0)
+
+See docs/clients.md for every option and what each counter means.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import TracebackType
+from typing import Unpack
+
+from collector_client._core import EventQueue
+from collector_client._settings import (
+    DEFAULT_PORT,
+    ErrorHandler,
+    FlushResult,
+    Settings,
+    TrackerOptions,
+    TrackerStats,
+    Transport,
+)
+from collector_client._threads import TcpSender, ThreadSender, UdpSender
+
+__all__ = ["FlushResult", "Tracker", "TrackerStats"]
+
+
+class Tracker(EventQueue):
+    """Events to a collector daemon over UDP (fire and forget) or TCP (acknowledged).
+
+    Thread-safe, fork-safe, and flushed at interpreter exit (up to `exit_timeout` seconds).
+    The sender thread starts on the first `track()`.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        transport: Transport = "udp",
+        *,
+        on_error: ErrorHandler | None = None,
+        **options: Unpack[TrackerOptions],
+    ) -> None:
+        super().__init__(Settings(host=host, port=port, transport=transport, **options), on_error)
+        self._start_lock = threading.Lock()
+        self._sender: ThreadSender | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"Tracker({s.host!r}, {s.port}, transport={s.transport!r})"
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        """Send what is queued now, without waiting for the linger time, and wait until it is
+        sent (UDP) or acknowledged (TCP), for at most `timeout` seconds (None: no limit)."""
+        target = self._flush_target()
+        if target is None:
+            return FlushResult(True, 0)
+        with self._lock:
+            self._flushers += 1
+        try:
+            self._wake()
+            with self._progressed:
+                self._progressed.wait_for(lambda: self._flushed(target), timeout)
+        finally:
+            with self._lock:
+                self._flushers -= 1
+        return self._flush_result(target)
+
+    def close(self, timeout: float | None = 5.0) -> FlushResult:
+        """Flush for at most `timeout` seconds, stop the sender and drop (and count) whatever
+        is left. track() after close() drops its events."""
+        with self._lock:
+            self._closing = True
+        result = self.flush(timeout)
+        with self._lock:
+            self._closed = True
+            self._capacity = 0
+        sender, thread = self._sender, self._thread
+        if sender is not None:
+            sender.stop()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0)
+        self._abandon()
+        return result
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(self.settings.exit_timeout)
+
+    def _wake(self) -> None:
+        sender = self._sender
+        if sender is None:
+            self._start_sender()
+        else:
+            sender.waker.wake()
+
+    def _assist(self) -> None:
+        sender = self._sender
+        if sender is not None:
+            sender.assist()
+
+    def _start_sender(self) -> None:
+        with self._start_lock:
+            if self._sender is not None or self._closed:
+                return
+            sender = new_sender(self)
+            thread = threading.Thread(
+                target=sender.run, name=f"collector-{self.settings.transport}-tracker", daemon=True
+            )
+            self._sender, self._thread = sender, thread
+            try:
+                thread.start()
+            except RuntimeError as error:  # no new threads at interpreter shutdown
+                self._sender = self._thread = None
+                sender.close()
+                self._report(error)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread does not exist here and its lock may be held by it: start over
+        # with an empty queue; the first track() starts this process's own sender.
+        sender = self._sender
+        self._start_lock = threading.Lock()
+        self._sender = self._thread = None
+        if sender is not None:
+            sender.abandon()
+        super()._after_fork_in_child()
+
+    def _close_at_exit(self) -> None:
+        self.close(self.settings.exit_timeout)
+
+
+def new_sender(queue: EventQueue) -> ThreadSender:
+    if queue.settings.transport == "tcp":
+        return TcpSender(queue)
+    return UdpSender(queue)
+
+
+def send_leftovers(queue: EventQueue, timeout: float) -> None:
+    """Send what an AsyncTracker left queued, from the calling thread (at interpreter exit,
+    when its event loop is gone)."""
+    with queue._lock:
+        queue._closing = True
+    new_sender(queue).run(deadline=time.monotonic() + timeout)
+    queue._abandon()
