@@ -3,6 +3,7 @@ and `python -m collector_client send`."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -63,6 +64,25 @@ def test_parent_and_forked_child_each_send_their_own_events_once(
     values = {(e["action"], e["value"]) for e in stored_events(daemon.db)}
     assert values == {("parent", i) for i in range(200)} | {("child", i) for i in range(50)}
     assert tracker.stats().queued == 200
+
+
+def test_multiprocessing_children_flush_when_they_end(daemon: DaemonProcess) -> None:
+    # They end with os._exit(), which skips atexit: the tracker hooks multiprocessing's exit.
+    tracker = Tracker("127.0.0.1", port_of(daemon, "tcp"), "tcp", linger_ms=60_000)
+
+    def work(worker: int) -> None:
+        for i in range(100):
+            tracker.track("worker", user_id=worker, value=i)
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=work, args=(n,)) for n in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(WAIT)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    assert count_rows(daemon.db) == 300 and distinct_ids(daemon.db) == 300
+    tracker.close()
 
 
 def run_python(code: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:

@@ -19,6 +19,7 @@ import base64
 import contextlib
 import itertools
 import os
+import sys
 import threading
 import time
 import weakref
@@ -432,12 +433,35 @@ def _after_fork_in_child() -> None:
     _ids.renew()
     for tracker in list(_live_trackers):
         tracker._after_fork_in_child()
+    _close_at_multiprocessing_exit()
 
 
 def _close_all_at_exit() -> None:
     for tracker in list(_live_trackers):
         if not tracker._closed:
             tracker._close_at_exit()
+
+
+class _ExitHook:
+    """Something for multiprocessing to hold a weak reference to."""
+
+
+_exit_hook = _ExitHook()
+
+
+def _close_at_multiprocessing_exit() -> None:
+    """A child of multiprocessing's fork start method ends with os._exit(), which skips
+    atexit; multiprocessing's own exit hooks still run, so the trackers are closed by one.
+
+    multiprocessing forgets the exit hooks (finalizers) of its parent right after the fork,
+    then runs its after-fork callbacks: the callback registered here adds the hook.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.register_after_fork(
+            _exit_hook,
+            lambda hook: util.Finalize(hook, _close_all_at_exit, exitpriority=10),
+        )
 
 
 if hasattr(os, "register_at_fork"):
