@@ -1,9 +1,9 @@
 """What Tracker and AsyncTracker share: the event queue, its accounting and the counters.
 
 `track()` is the hot path: it builds the event, packs it to msgpack in the calling thread
-(so a later change to `extra` cannot reach it) and appends the bytes to a deque under a lock.
-Each event is packed with `sent_at` last and its 8-byte float value cut off; a sender puts
-the send time back between the events as it joins them (see `_wire.join_events`).
+(so a later change to `extra` cannot reach it) and appends the bytes to the queue under a
+lock. Each event is packed with `sent_at` last and its 8-byte float value cut off; a sender
+puts the send time back between the events as it joins them (see `_wire.join_events`).
 
 Every event given to `track()` is counted once in `queued` and ends in exactly one of `sent`
 (UDP) or `acknowledged` (TCP), `dropped`, or `pending`. Events accepted into the queue are
@@ -14,21 +14,16 @@ whether everything accepted before it was called is done by comparing numbers.
 
 from __future__ import annotations
 
-import atexit
-import base64
 import contextlib
-import itertools
-import os
-import sys
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
+from collector_client._process import ids, register
 from collector_client._settings import (
     DATAGRAM_HEADER_BYTES,
     MAX_UDP_PAYLOAD,
@@ -45,25 +40,6 @@ from collector_client._settings import (
 MAX_DATAGRAM_EVENTS = 0xFFFF  # an array 16 header
 WAS_IDLE, SEALED = 1, 2  # what track() tells the sender
 SEND_ERROR_REPORT_INTERVAL = 1.0  # seconds
-
-
-class EventIds:
-    """Event ids: a random prefix drawn once per process and a counter.
-
-    Unique without a system call per event, and increasing within a process, which is kind
-    to the daemon's unique index. A forked child draws its own prefix (`renew`), or it would
-    repeat its parent's ids and the daemon would take the child's events for duplicates.
-    """
-
-    def __init__(self) -> None:
-        self.renew()
-
-    def renew(self) -> None:
-        self.prefix = base64.urlsafe_b64encode(os.urandom(12)).decode("ascii") + "."
-        self.counter = itertools.count(1)
-
-
-_ids = EventIds()
 
 
 class Batch:
@@ -112,7 +88,7 @@ class EventQueue:
         self._linger = settings.linger_ms / 1000
         self._closed = False
         self._reset()
-        _live_trackers.add(self)
+        register(self)
 
     def _reset(self) -> None:
         """A fresh queue and counters: at creation, and in a forked child."""
@@ -150,7 +126,7 @@ class EventQueue:
         event = {
             "action": action,
             "ts": self._clock() if ts is None else ts,
-            "id": f"{_ids.prefix}{next(_ids.counter)}" if id is None else id,
+            "id": f"{ids.prefix}{next(ids.counter)}" if id is None else id,
         }
         if user_id is not None:
             event["user_id"] = user_id
@@ -424,46 +400,3 @@ class EventQueue:
 def is_oversized(events: list[bytes], budget: int) -> int:
     """1 for a datagram of one event larger than the datagram budget, else 0."""
     return int(len(events) == 1 and len(events[0]) + SENT_AT_VALUE_BYTES > budget)
-
-
-_live_trackers: weakref.WeakSet[EventQueue] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    _ids.renew()
-    for tracker in list(_live_trackers):
-        tracker._after_fork_in_child()
-    _close_at_multiprocessing_exit()
-
-
-def _close_all_at_exit() -> None:
-    for tracker in list(_live_trackers):
-        if not tracker._closed:
-            tracker._close_at_exit()
-
-
-class _ExitHook:
-    """Something for multiprocessing to hold a weak reference to."""
-
-
-_exit_hook = _ExitHook()
-
-
-def _close_at_multiprocessing_exit() -> None:
-    """A child of multiprocessing's fork start method ends with os._exit(), which skips
-    atexit; multiprocessing's own exit hooks still run, so the trackers are closed by one.
-
-    multiprocessing forgets the exit hooks (finalizers) of its parent right after the fork,
-    then runs its after-fork callbacks: the callback registered here adds the hook.
-    """
-    util = sys.modules.get("multiprocessing.util")
-    if util is not None:
-        util.register_after_fork(
-            _exit_hook,
-            lambda hook: util.Finalize(hook, _close_all_at_exit, exitpriority=10),
-        )
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_close_all_at_exit)

@@ -1,9 +1,10 @@
-"""The senders of `Tracker`: one background thread with blocking sockets.
+"""The senders of `Tracker`: one background thread per tracker.
 
-A sender waits in a selector on a wake-up socket (and on its TCP connection); track() wakes
-it only when it was idle or the queue reached `batch_size`, flush() and close() at once.
-`run(deadline=...)` also runs a sender in the calling thread until the queue is empty: that
-is how AsyncTracker's leftovers are sent at interpreter exit.
+A sender waits in a selector on a wake-up socket (and on its TCP connection). track() wakes
+it when it was idle; a datagram or batch that fills up is sent by the thread that filled it
+(`assist`), without waiting, and the sender takes what is left after linger_ms, or at once
+for flush() and close(). `run(deadline=...)` also runs a sender in the calling thread until
+the queue is empty: that is how AsyncTracker's leftovers are sent at interpreter exit.
 """
 
 from __future__ import annotations
@@ -15,11 +16,7 @@ import threading
 import time
 
 from collector_client._core import Batch, EventQueue, is_oversized
-from collector_client._settings import (
-    Settings,
-    TrackerError,
-    datagram_budget,
-)
+from collector_client._settings import Settings, TrackerError, datagram_budget
 from collector_client._wire import AckReader, backoff_delay, datagram, envelope
 
 RECV_BYTES = 65536
@@ -100,7 +97,7 @@ class ThreadSender:
         raise NotImplementedError
 
     def assist(self) -> None:
-        """Called by track() when the queue is long; only UDP can help without waiting."""
+        """Called by track() when a datagram or batch is full: send it, never waiting."""
 
     def close(self) -> None:
         self.selector.close()

@@ -141,7 +141,11 @@ class Tracker(EventQueue):
         super()._after_fork_in_child()
 
     def _close_at_exit(self) -> None:
-        self.close(self.settings.exit_timeout)
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self.close(self.settings.exit_timeout)
+        elif self.stats().pending:  # no sender thread, and none may start now: send from here
+            send_leftovers(self, self.settings.exit_timeout)
 
 
 def new_sender(queue: EventQueue) -> ThreadSender:
