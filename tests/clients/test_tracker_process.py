@@ -128,6 +128,31 @@ def test_an_async_tracker_left_open_is_flushed_at_exit(daemon: DaemonProcess) ->
     assert count_rows(daemon.db) == 300  # acknowledged before the process ended
 
 
+def test_a_signal_handler_may_track_while_track_is_interrupted() -> None:
+    finished = run_python("""
+        import signal
+        from collector_client import Tracker
+
+        tracker = Tracker("127.0.0.1", 9, "udp", max_queue=1_000_000, caller_sends=False,
+                          linger_ms=60_000)
+        handled = 0
+
+        def on_alarm(signum, frame):
+            global handled
+            handled += 1
+            tracker.track("alarm")
+
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+        for i in range(200_000):
+            tracker.track("loop", value=i)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        assert handled > 0 and tracker.stats().queued == 200_000 + handled
+        print("ok")
+    """)
+    assert (finished.returncode, finished.stdout.strip()) == (0, "ok"), finished.stderr
+
+
 def send(*args: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "collector_client", "send", *args],

@@ -92,7 +92,9 @@ class EventQueue:
 
     def _reset(self) -> None:
         """A fresh queue and counters: at creation, and in a forked child."""
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler that tracks an event may interrupt track() in the
+        # same thread, inside the lock.
+        self._lock = threading.RLock()
         self._progressed = threading.Condition(self._lock)
         self._sealed: deque[list[bytes]] = deque()
         self._open: list[bytes] = []

@@ -93,9 +93,10 @@ class AsyncTracker(EventQueue):
         sender, task = self._sender, self._task
         if sender is not None and task is not None:
             sender.stop()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await task
+            await asyncio.wait({task}, timeout=1.0)
+            task.cancel()  # still connecting, say
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._abandon()
         return result
 
