@@ -78,6 +78,47 @@ async def test_tcp_survives_a_daemon_restart_and_stores_each_event_once(db_path:
     assert stats.errors > 0
 
 
+async def test_tcp_reconnects_quietly_after_the_daemon_closes_an_idle_connection(
+    db_path: Path,
+) -> None:
+    async with running_daemon(db_path, tcp_idle_timeout=0.2) as daemon:
+        assert daemon.tcp_address is not None
+        async with AsyncTracker("127.0.0.1", daemon.tcp_address.port, "tcp") as tracker:
+            tracker.track("first")
+            assert (await tracker.flush(WAIT)).complete
+            await wait_until(lambda: daemon.stats.tcp_idle_closed == 1, within=WAIT)
+            await wait_until(lambda: daemon.stats.tcp_connections_open == 0, within=WAIT)
+            tracker.track("second")
+            assert (await tracker.flush(WAIT)).complete
+            stats = tracker.stats()
+    assert (stats.acknowledged, stats.errors, stats.retries) == (2, 0, 0)
+
+
+async def test_tcp_sends_a_batch_again_when_its_ack_does_not_come() -> None:
+    received: list[bytes] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read())  # everything, until the tracker hangs up
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tracker = AsyncTracker("127.0.0.1", port, "tcp", ack_timeout=0.2, **QUICK_RETRY)
+    tracker.track("unanswered", id="u-1")
+    tracker.track("unanswered", id="u-2")
+    await tracker.flush(0)
+    await wait_until(lambda: len(received) >= 2, within=WAIT)
+    await tracker.close(0)
+    server.close()
+    await server.wait_closed()
+    envelopes = [msgpack.unpackb(data) for data in received[:2]]
+    assert [[e["id"] for e in envelope["events"]] for envelope in envelopes] == [["u-1", "u-2"]] * 2
+    assert envelopes[0]["ack"] != envelopes[1]["ack"]
+    stats = tracker.stats()
+    assert (stats.sent, stats.acknowledged, stats.dropped) == (2, 0, 2)
+    assert stats.retries >= 2 and stats.errors >= 1
+
+
 async def test_a_full_queue_drops_the_oldest_when_told(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
         assert daemon.udp_address is not None

@@ -95,6 +95,22 @@ async def test_an_event_sent_twice_with_its_id_is_stored_once(db_path: Path) -> 
     assert count_rows(db_path) == 1
 
 
+async def test_an_idle_connection_closed_by_the_daemon_is_no_error(db_path: Path) -> None:
+    async with running_daemon(db_path, tcp_idle_timeout=0.2) as daemon:
+        assert daemon.tcp_address is not None
+        tracker = tcp_tracker(daemon.tcp_address.port)
+        tracker.track("first")
+        await flush(tracker)
+        await wait_until(lambda: daemon.stats.tcp_idle_closed == 1, within=WAIT)
+        await wait_until(lambda: daemon.stats.tcp_connections_open == 0, within=WAIT)
+        tracker.track("second")  # on a new connection
+        await flush(tracker)
+        stats = tracker.stats()
+        tracker.close()
+    assert (stats.acknowledged, stats.errors, stats.retries) == (2, 0, 0)
+    assert count_rows(db_path) == 2
+
+
 @pytest.mark.parametrize(
     ("overflow", "kept"),
     [("drop_newest", range(0, 100)), ("drop_oldest", range(150, 250))],

@@ -288,6 +288,15 @@ class EventQueue:
             self._first_waiting = now
         return self._first_waiting + self._linger - now
 
+    def _idle_if_empty(self) -> bool:
+        """True when nothing is queued or in flight; the sender is then idle, and track()
+        will wake it."""
+        with self._lock:
+            if self._length or self._in_flight:
+                return False
+            self._idle = True
+            return True
+
     def _oldest_in_flight(self) -> Batch | None:
         with self._lock:
             return self._in_flight[0] if self._in_flight else None

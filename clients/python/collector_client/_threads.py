@@ -203,7 +203,11 @@ class TcpSender(ThreadSender):
 
     def step(self) -> None:
         if self.conn is None:
-            self.connect_or_wait()
+            # Connect when there is something to send: an idle app needs no connection.
+            if self.queue._idle_if_empty():
+                self.wait(None)
+            else:
+                self.connect_or_wait()
             return
         try:
             with self.lock:
@@ -317,7 +321,10 @@ class TcpSender(ThreadSender):
     def disconnect(self, error: Exception) -> None:
         with self.lock:
             self.close_connection()
-        self.note_failure(error)
+        # A connection lost with nothing in flight (the daemon closes idle ones) costs no
+        # event: reconnect without delay, and only a failure then is an error.
+        if self.queue._oldest_in_flight() is not None:
+            self.note_failure(error)
 
     def close_connection(self) -> None:
         if self.conn is not None:

@@ -33,7 +33,6 @@ from collector_client._wire import AckReader, backoff_delay, datagram, envelope
 
 __all__ = ["AsyncTracker", "FlushResult", "TrackerStats"]
 
-RECV_BYTES = 65536
 UNEXPECTED_ERROR_PAUSE = 0.1  # seconds
 
 
@@ -271,23 +270,62 @@ class AsyncUdpSender(AsyncSender):
             self.transport = None
 
 
+class AckProtocol(asyncio.Protocol):
+    """One connection to the daemon: acks are applied as they arrive; a failure is kept
+    for the sender to act on."""
+
+    def __init__(self, sender: AsyncTcpSender) -> None:
+        self.sender = sender
+        self.acks = AckReader(sender.queue)
+        self.transport: asyncio.Transport | None = None
+        self.error: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self.acks.feed(data):
+                self.sender.failures = 0
+        except TrackerError as error:
+            self.fail(error)
+        self.sender.wakeup.set()
+
+    def eof_received(self) -> bool:
+        self.fail(ConnectionError("the daemon closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(exc or ConnectionError("the connection was closed"))
+
+    def fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        self.sender.wakeup.set()
+
+
 class AsyncTcpSender(AsyncSender):
-    """Acknowledged batches on one connection, up to max_in_flight at a time; a task per
-    connection reads the acks. On any failure every unacknowledged batch is sent again."""
+    """Acknowledged batches on one connection, up to max_in_flight at a time. On any failure
+    every unacknowledged batch is sent again on the next connection."""
 
     def __init__(self, queue: EventQueue) -> None:
         super().__init__(queue)
-        self.writer: asyncio.StreamWriter | None = None
-        self.reading: asyncio.Task[None] | None = None
+        self.connection: AckProtocol | None = None
         self.tokens = 0
         self.failures = 0  # in a row, for the backoff
         self.next_attempt = 0.0
 
     async def step(self) -> None:
-        if self.writer is None:
-            await self.connect_or_wait()
+        if self.connection is None:
+            # Connect when there is something to send: an idle app needs no connection.
+            if self.queue._idle_if_empty():
+                await self.sleep(None)
+            else:
+                await self.connect_or_wait()
             return
         try:
+            await asyncio.sleep(0)  # let the socket's news come first (an ack, an EOF)
             wait = self.exchange(sealed_only=False)
             await self.sleep(wait)
         except (OSError, TrackerError) as error:
@@ -296,16 +334,16 @@ class AsyncTcpSender(AsyncSender):
     def exchange(self, sealed_only: bool) -> float | None:
         """Write the batches that are due while the window has room; return seconds until
         the next one is due or its ack is late (None: no limit). Raises what broke."""
-        if self.reading is not None and self.reading.done():
-            error = self.reading.exception() or ConnectionError("ack reader stopped")
-            raise error if isinstance(error, Exception) else ConnectionError(str(error))
-        assert self.writer is not None
+        connection = self.connection
+        assert connection is not None and connection.transport is not None
+        if connection.error is not None:
+            raise connection.error
         wait = -1.0
         while self.queue._in_flight_count() < self.settings.max_in_flight:
             batch, wait = self.queue._take(time.monotonic(), sealed_only)
             if batch is None:
                 break
-            self.writer.write(self.envelope(batch))
+            connection.transport.write(self.envelope(batch))
         return self.ack_deadline(None if wait < 0 else wait)
 
     def ack_deadline(self, wait: float | None) -> float | None:
@@ -318,7 +356,7 @@ class AsyncTcpSender(AsyncSender):
         return ack_due if wait is None else min(wait, ack_due)
 
     def assist(self) -> None:
-        if self.writer is not None and not self.writer.is_closing():
+        if self.connection is not None and self.connection.error is None:
             with contextlib.suppress(OSError, TrackerError):  # the sender will see it too
                 self.exchange(sealed_only=True)
 
@@ -337,29 +375,17 @@ class AsyncTcpSender(AsyncSender):
         if now < self.next_attempt:
             await self.sleep(self.next_attempt - now)
             return
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    self.settings.host, self.settings.port
+                transport, connection = await loop.create_connection(
+                    lambda: AckProtocol(self), self.settings.host, self.settings.port
                 )
         except OSError as error:  # TimeoutError included
             self.note_failure(error)
             return
-        self.writer = writer
-        self.reading = asyncio.create_task(self.read_acks(reader, AckReader(self.queue)))
-        writer.write(b"".join(map(self.envelope, self.queue._unacknowledged())))
-
-    async def read_acks(self, reader: asyncio.StreamReader, acks: AckReader) -> None:
-        try:
-            while True:
-                data = await reader.read(RECV_BYTES)
-                if not data:
-                    raise ConnectionError("the daemon closed the connection")
-                if acks.feed(data):
-                    self.failures = 0
-                    self.wakeup.set()
-        finally:
-            self.wakeup.set()
+        self.connection = connection
+        transport.write(b"".join(map(self.envelope, self.queue._unacknowledged())))
 
     def note_failure(self, error: Exception) -> None:
         self.failures += 1
@@ -370,16 +396,12 @@ class AsyncTcpSender(AsyncSender):
 
     async def disconnect(self, error: Exception) -> None:
         await self.close()
-        self.note_failure(error)
+        # A connection lost with nothing in flight (the daemon closes idle ones) costs no
+        # event: reconnect without delay, and only a failure then is an error.
+        if self.queue._oldest_in_flight() is not None:
+            self.note_failure(error)
 
     async def close(self) -> None:
-        reading, writer = self.reading, self.writer
-        self.reading = self.writer = None
-        if reading is not None:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reading
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, RuntimeError):
-                await writer.wait_closed()
+        connection, self.connection = self.connection, None
+        if connection is not None and connection.transport is not None:
+            connection.transport.abort()  # what is not acknowledged will be sent again
