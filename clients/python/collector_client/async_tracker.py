@@ -30,6 +30,7 @@ from collector_client._settings import (
     datagram_budget,
 )
 from collector_client._wire import AckReader, backoff_delay, datagram, envelope
+from collector_client.tracker import send_leftovers
 
 __all__ = ["AsyncTracker", "FlushResult", "TrackerStats"]
 
@@ -149,8 +150,6 @@ class AsyncTracker(EventQueue):
     def _close_at_exit(self) -> None:
         # The event loop is gone: send what is left from here, with blocking sockets.
         if self.stats().pending:
-            from collector_client.tracker import send_leftovers
-
             send_leftovers(self, self.settings.exit_timeout)
 
 
