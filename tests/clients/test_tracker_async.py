@@ -9,7 +9,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from collector_client import AsyncTracker
-from test_tracker_support import FIXED_CLOCK, WAIT, distinct_ids, stored_events
+from test_tracker_support import FIXED_CLOCK, WAIT, distinct_ids, stored_events, udp_receiver
 
 from collector.config import Address
 from collector.testing import count_rows, running_daemon, wait_until
@@ -158,6 +158,9 @@ async def test_a_datagram_that_fills_up_goes_out_from_track() -> None:
 
 
 def test_track_outside_an_event_loop_says_what_is_wrong() -> None:
-    tracker = AsyncTracker("127.0.0.1", 9)
-    with pytest.raises(RuntimeError, match="needs a running event loop"):
-        tracker.track("nowhere")
+    with udp_receiver() as receiver:
+        tracker = AsyncTracker("127.0.0.1", receiver.getsockname()[1])
+        with pytest.raises(RuntimeError, match="needs a running event loop"):
+            tracker.track("nowhere")
+        assert asyncio.run(tracker.close(WAIT)).complete  # in a loop, it goes out
+        assert msgpack.unpackb(receiver.recv(65536))[0]["action"] == "nowhere"

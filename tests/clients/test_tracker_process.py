@@ -130,11 +130,13 @@ def test_an_async_tracker_left_open_is_flushed_at_exit(daemon: DaemonProcess) ->
 
 def test_a_signal_handler_may_track_while_track_is_interrupted() -> None:
     finished = run_python("""
-        import signal
+        import signal, socket
         from collector_client import Tracker
 
-        tracker = Tracker("127.0.0.1", 9, "udp", max_queue=1_000_000, caller_sends=False,
-                          linger_ms=60_000)
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.bind(("127.0.0.1", 0))
+        tracker = Tracker("127.0.0.1", receiver.getsockname()[1], "udp", max_queue=1_000_000,
+                          caller_sends=False, linger_ms=60_000)
         handled = 0
 
         def on_alarm(signum, frame):
@@ -148,6 +150,7 @@ def test_a_signal_handler_may_track_while_track_is_interrupted() -> None:
             tracker.track("loop", value=i)
         signal.setitimer(signal.ITIMER_REAL, 0)
         assert handled > 0 and tracker.stats().queued == 200_000 + handled
+        tracker.close(0)
         print("ok")
     """)
     assert (finished.returncode, finished.stdout.strip()) == (0, "ok"), finished.stderr

@@ -147,12 +147,13 @@ async def test_an_event_that_cannot_be_encoded_costs_only_itself(db_path: Path) 
 
 
 def test_track_raises_only_for_an_action_that_is_not_a_string() -> None:
-    tracker = Tracker("127.0.0.1", 9, "udp")
-    for action in (None, 42, b"click"):
-        with pytest.raises(TypeError, match="action must be a str"):
-            tracker.track(action)  # type: ignore[arg-type]
-    assert tracker.stats().queued == 0
-    tracker.close(0)
+    with udp_receiver() as receiver:
+        tracker = Tracker("127.0.0.1", receiver.getsockname()[1], "udp")
+        for action in (None, 42, b"click"):
+            with pytest.raises(TypeError, match="action must be a str"):
+                tracker.track(action)  # type: ignore[arg-type]
+        assert tracker.stats().queued == 0
+        tracker.close(0)
 
 
 def test_the_on_error_handler_may_fail_without_stopping_anything() -> None:
