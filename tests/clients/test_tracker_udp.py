@@ -189,8 +189,8 @@ def test_track_keeps_going_and_counts_everything_while_nothing_listens() -> None
 
 async def test_a_full_queue_drops_the_newest_and_counts_them(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        # A very long linger keeps every event queued until flush().
-        tracker = udp_tracker(daemon, max_queue=50, linger_ms=60_000, caller_sends=False)
+        # All in one datagram and a very long linger: every event stays queued until flush().
+        tracker = udp_tracker(daemon, max_queue=50, linger_ms=60_000, max_datagram_bytes=60_000)
         for i in range(80):
             tracker.track("burst", value=i)
         assert (tracker.stats().dropped, tracker.stats().pending) == (30, 50)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -39,11 +39,24 @@ from collector_client._settings import (
 
 MAX_DATAGRAM_EVENTS = 0xFFFF  # an array 16 header
 WAS_IDLE, SEALED = 1, 2  # what track() tells the sender
+
+
+class Sending(NamedTuple):
+    """What `_send_chunk` did: `done`, a chunk left the queue (sent, or dropped with `error`);
+    else `wait` seconds until the open chunk is due (-1: the queue is empty), or `blocked`,
+    the socket had no room."""
+
+    done: bool
+    wait: float
+    blocked: bool = False
+    error: OSError | None = None
+
+
 SEND_ERROR_REPORT_INTERVAL = 1.0  # seconds
 
 
 class Batch:
-    """Events taken from the queue together: one UDP datagram, or one TCP envelope.
+    """TCP: events taken from the queue together into one envelope, until acknowledged.
 
     `events` are packed events without their sent_at value; `first_seq..last_seq` are their
     numbers in the queue.
@@ -229,7 +242,7 @@ class EventQueue:
     # For the senders.
 
     def _take(self, now: float, sealed_only: bool = False) -> tuple[Batch | None, float]:
-        """The next chunk to send, as a batch in flight; or (None, seconds until the open
+        """TCP: the next chunk to send, as a batch in flight; or (None, seconds until the open
         chunk is due); or (None, -1.0) when the queue is empty: the sender is then idle and
         track() will wake it."""
         with self._lock:
@@ -251,34 +264,52 @@ class EventQueue:
             self._in_flight.append(batch)
             return batch, 0.0
 
-    def _send_sealed(self, send: Callable[[list[bytes]], object]) -> OSError | None:
-        """UDP, from the thread that sealed a chunk: `send` it at once, without waiting.
+    def _send_chunk(
+        self, send: Callable[[list[bytes]], object], now: float, sealed_only: bool = False
+    ) -> Sending:
+        """UDP: send the next chunk that is due with `send`, which must not wait
+        (MSG_DONTWAIT, or an asyncio transport), for any thread.
 
-        The lock is held through the send, which cannot wait (MSG_DONTWAIT, or an asyncio
-        transport), so the counters never see the chunk neither queued nor sent. Returns the
-        send error, the chunk counted as dropped; a chunk the socket has no room for stays
-        queued for the sender.
+        The lock is held through the send, so datagrams leave in order whichever thread
+        sends them, and the counters never see a chunk neither queued nor sent. A send error
+        drops the chunk (counted); a socket with no room leaves it queued (`blocked`).
         """
         with self._lock:
-            if not self._sealed:
-                return None
-            events = self._sealed[0]
+            if self._sealed:
+                events = self._sealed[0]
+            elif sealed_only or not self._open:
+                if not self._open:
+                    self._first_waiting = None
+                    self._idle = True
+                return Sending(False, -1.0)
+            else:
+                wait = self._linger_left(now)
+                if wait > 0:
+                    return Sending(False, wait)
+                events = self._open
             try:
                 send(events)
             except BlockingIOError:
-                return None
+                return Sending(False, 0.0, blocked=True)
             except OSError as error:
                 self._dropped += len(events)
-                failure: OSError | None = error
+                outcome = Sending(True, 0.0, error=error)
             else:
                 self._sent += len(events)
                 self._oversized += is_oversized(events, self._chunk_bytes)
-                failure = None
+                outcome = Sending(True, 0.0)
+            self._remove_chunk(events)
+            return outcome
+
+    def _remove_chunk(self, events: list[bytes]) -> None:
+        """The oldest chunk is gone, sent or dropped (lock held)."""
+        if self._sealed and self._sealed[0] is events:
             self._sealed.popleft()
-            self._length -= len(events)
-            if self._flushers:
-                self._notify_progress()
-            return failure
+        else:
+            self._open, self._open_bytes, self._first_waiting = [], 0, None
+        self._length -= len(events)
+        if self._flushers:
+            self._notify_progress()
 
     def _linger_left(self, now: float) -> float:
         """Seconds before the open chunk is due (lock held)."""
@@ -308,25 +339,13 @@ class EventQueue:
     def _in_flight_count(self) -> int:
         return len(self._in_flight)
 
-    def _complete(
-        self,
-        batch: Batch,
-        *,
-        sent: int = 0,
-        acknowledged: int = 0,
-        rejected: int = 0,
-        dropped: int = 0,
-        oversized: int = 0,
-    ) -> None:
-        """A batch is done: it leaves the flight and its events are counted."""
+    def _complete(self, batch: Batch, acknowledged: int, rejected: int) -> None:
+        """TCP: a batch is acknowledged; it leaves the flight and its events are counted."""
         with self._lock:
             if batch in self._in_flight:
                 self._in_flight.remove(batch)
-            self._sent += sent
             self._acknowledged += acknowledged
             self._rejected += rejected
-            self._dropped += dropped
-            self._oversized += oversized
             self._notify_progress()
 
     def _count(self, sent: int = 0, retries: int = 0, errors: int = 0) -> None:

@@ -15,8 +15,8 @@ import socket
 import threading
 import time
 
-from collector_client._core import Batch, EventQueue, is_oversized
-from collector_client._settings import Settings, TrackerError, datagram_budget
+from collector_client._core import Batch, EventQueue
+from collector_client._settings import Settings, TrackerError
 from collector_client._wire import AckReader, backoff_delay, datagram, envelope
 
 RECV_BYTES = 65536
@@ -113,50 +113,55 @@ class ThreadSender:
 
 class UdpSender(ThreadSender):
     """Fire and forget: whatever is queued goes out in datagrams every linger_ms, and a full
-    datagram at once from the thread that filled it (see `assist`)."""
+    datagram at once from the thread that filled it (see `assist`). Every send is
+    non-blocking and made under the queue's lock, so datagrams leave in order."""
 
     def __init__(self, queue: EventQueue) -> None:
         super().__init__(queue)
-        self.budget = datagram_budget(self.settings)
         self.sock: socket.socket | None = None
+        self.socket_error: OSError | None = None
         with contextlib.suppress(OSError):  # a host name is resolved on the sender thread
             self.sock = connected_udp_socket(self.settings.host, self.settings.port, numeric=True)
 
     def step(self) -> None:
-        batch, wait = self.queue._take(time.monotonic())
-        if batch is None:
-            self.wait(None if wait < 0 else wait)
-            return
-        try:
-            sock = self.socket()
-            sock.send(datagram(batch.events, self.settings.clock))
-        except OSError as error:
-            self.queue._complete(batch, dropped=len(batch.events))
-            self.queue._report_send_error(error)
-        else:
-            oversized = is_oversized(batch.events, self.budget)
-            self.queue._complete(batch, sent=len(batch.events), oversized=oversized)
+        if self.sock is None:  # here, not in send(): a name lookup must not hold the lock
+            try:
+                self.sock = connected_udp_socket(self.settings.host, self.settings.port)
+            except OSError as error:
+                self.socket_error = error
+        outcome = self.queue._send_chunk(self.send, time.monotonic())
+        if outcome.error is not None:
+            self.queue._report_send_error(outcome.error)
+        if outcome.blocked:
+            self.wait_until_writable()
+        elif not outcome.done:
+            self.wait(None if outcome.wait < 0 else outcome.wait)
 
     def assist(self) -> None:
         # A thread busy in Python holds the GIL for up to 5 ms at a time, and a sender thread
         # must win it back after every send: alone, it could send a few hundred datagrams a
-        # second. So the thread that fills a datagram sends it, without waiting (MSG_DONTWAIT;
-        # a full socket buffer leaves it to the sender).
-        sock = self.sock
-        if sock is not None:
-            clock = self.settings.clock
-            error = self.queue._send_sealed(
-                lambda events: sock.send(datagram(events, clock), MSG_DONTWAIT)
-            )
-            if error is not None:
-                self.queue._report_send_error(error)
-            elif self.queue._sealed:
-                self.waker.wake()
-
-    def socket(self) -> socket.socket:
+        # second. So the thread that fills a datagram sends it; a full socket buffer leaves
+        # it to the sender.
         if self.sock is None:
-            self.sock = connected_udp_socket(self.settings.host, self.settings.port)
-        return self.sock
+            return
+        outcome = self.queue._send_chunk(self.send, time.monotonic(), sealed_only=True)
+        if outcome.error is not None:
+            self.queue._report_send_error(outcome.error)
+        if outcome.blocked:
+            self.waker.wake()
+
+    def send(self, events: list[bytes]) -> None:
+        if self.sock is None:  # the datagram is dropped, with the reason
+            raise self.socket_error or ConnectionError("no UDP socket")
+        self.sock.send(datagram(events, self.settings.clock), MSG_DONTWAIT)
+
+    def wait_until_writable(self) -> None:
+        assert self.sock is not None
+        self.selector.register(self.sock, selectors.EVENT_WRITE)
+        try:
+            self.wait(UNEXPECTED_ERROR_PAUSE)
+        finally:
+            self.selector.unregister(self.sock)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -281,13 +286,7 @@ class TcpSender(ThreadSender):
 
     def envelope(self, batch: Batch) -> bytes:
         self.tokens += 1
-        if batch.attempts:
-            self.queue._count(retries=len(batch.events))
-        else:
-            self.queue._count(sent=len(batch.events))
-        data = envelope(batch, f"b{self.tokens}", self.settings.clock)
-        batch.sent_time = time.monotonic()
-        return data
+        return envelope(self.queue, batch, f"b{self.tokens}")
 
     def write(self) -> None:
         assert self.conn is not None

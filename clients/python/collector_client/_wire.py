@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,16 +42,22 @@ def datagram(events: Sequence[bytes], clock: Callable[[], float]) -> bytes:
     return join_events(events, clock())
 
 
-def envelope(batch: Batch, token: str, clock: Callable[[], float]) -> bytes:
+def envelope(queue: EventQueue, batch: Batch, token: str) -> bytes:
     """`{"events": [...], "ack": token}`, built again for every transmission, so sent_at is
     always when it goes out and the daemon's clock correction stays right for a batch sent
-    again minutes later. Event ids never change, so the daemon stores a resent event once."""
+    again minutes later. Event ids never change, so the daemon stores a resent event once.
+    Counts the events as sent the first time, as retries after."""
+    if batch.attempts:
+        queue._count(retries=len(batch.events))
+    else:
+        queue._count(sent=len(batch.events))
     batch.token = token
     batch.attempts += 1
+    batch.sent_time = time.monotonic()
     return b"".join(
         (
             ENVELOPE_EVENTS_KEY,
-            join_events(batch.events, clock()),
+            join_events(batch.events, queue.settings.clock()),
             ENVELOPE_ACK_KEY,
             msgpack.packb(token),
         )
@@ -81,7 +88,7 @@ class AckReader:
             if batch is None:
                 raise TrackerError(f"reply {reply!r} with no batch waiting for one")
             stored, rejected = check_ack(reply, batch)
-            self.queue._complete(batch, acknowledged=stored + rejected, rejected=rejected)
+            self.queue._complete(batch, stored + rejected, rejected)
             acknowledged += 1
         return acknowledged
 

@@ -17,7 +17,7 @@ import time
 from types import TracebackType
 from typing import Unpack
 
-from collector_client._core import Batch, EventQueue, is_oversized
+from collector_client._core import Batch, EventQueue
 from collector_client._settings import (
     DEFAULT_PORT,
     ErrorHandler,
@@ -27,7 +27,6 @@ from collector_client._settings import (
     TrackerOptions,
     TrackerStats,
     Transport,
-    datagram_budget,
 )
 from collector_client._wire import AckReader, backoff_delay, datagram, envelope
 from collector_client.tracker import send_leftovers
@@ -213,25 +212,17 @@ class UdpProtocol(asyncio.DatagramProtocol):
 class AsyncUdpSender(AsyncSender):
     def __init__(self, queue: EventQueue) -> None:
         super().__init__(queue)
-        self.budget = datagram_budget(self.settings)
         self.transport: asyncio.DatagramTransport | None = None
         self.protocol = UdpProtocol(queue)
 
     async def step(self) -> None:
         if self.transport is None:
             await self.open()
-        batch, wait = self.queue._take(time.monotonic())
-        if batch is None:
-            await self.sleep(None if wait < 0 else wait)
-            return
-        try:
-            self.send(batch.events)
-        except OSError as error:
-            self.queue._complete(batch, dropped=len(batch.events))
-            self.queue._report_send_error(error)
-        else:
-            oversized = is_oversized(batch.events, self.budget)
-            self.queue._complete(batch, sent=len(batch.events), oversized=oversized)
+        outcome = self.queue._send_chunk(self.send, time.monotonic())
+        if outcome.error is not None:
+            self.queue._report_send_error(outcome.error)
+        if not outcome.done:
+            await self.sleep(None if outcome.wait < 0 else outcome.wait)
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -245,7 +236,7 @@ class AsyncUdpSender(AsyncSender):
 
     def send(self, events: list[bytes]) -> None:
         """One datagram; raises the error the socket gave (asyncio hands it to the
-        protocol instead of raising)."""
+        protocol instead of raising). Never waits: asyncio buffers what the socket refuses."""
         if self.transport is None:
             raise ConnectionError("the UDP socket is not open")
         protocol = self.protocol
@@ -259,9 +250,9 @@ class AsyncUdpSender(AsyncSender):
 
     def assist(self) -> None:
         if self.transport is not None:
-            error = self.queue._send_sealed(self.send)
-            if error is not None:
-                self.queue._report_send_error(error)
+            outcome = self.queue._send_chunk(self.send, time.monotonic(), sealed_only=True)
+            if outcome.error is not None:
+                self.queue._report_send_error(outcome.error)
 
     async def close(self) -> None:
         if self.transport is not None:
@@ -361,13 +352,7 @@ class AsyncTcpSender(AsyncSender):
 
     def envelope(self, batch: Batch) -> bytes:
         self.tokens += 1
-        if batch.attempts:
-            self.queue._count(retries=len(batch.events))
-        else:
-            self.queue._count(sent=len(batch.events))
-        data = envelope(batch, f"b{self.tokens}", self.settings.clock)
-        batch.sent_time = time.monotonic()
-        return data
+        return envelope(self.queue, batch, f"b{self.tokens}")
 
     async def connect_or_wait(self) -> None:
         now = time.monotonic()
