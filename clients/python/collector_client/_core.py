@@ -8,7 +8,7 @@ puts the send time back between the events as it joins them (see `_wire.join_eve
 Every event given to `track()` is counted once in `queued` and ends in exactly one of `sent`
 (UDP) or `acknowledged` (TCP), `dropped`, or `pending`. Events accepted into the queue are
 numbered in order (the newest is `_accepted`): the queue always holds a contiguous run of
-numbers ending at `_accepted` and the batches in flight hold older runs, so `flush()` tells
+numbers ending at `_accepted` and the TCP batches in flight hold older runs, so `flush()` tells
 whether everything accepted before it was called is done by comparing numbers.
 """
 
@@ -31,10 +31,10 @@ from collector_client._settings import (
     ErrorHandler,
     FlushResult,
     Settings,
-    TrackerError,
     TrackerStats,
     batch_budget,
     datagram_budget,
+    refusal,
 )
 
 MAX_DATAGRAM_EVENTS = 0xFFFF  # an array 16 header
@@ -162,7 +162,7 @@ class EventQueue:
             elif not (signal := self._enqueue(data, size)):
                 return
         if not data or size > self._max_event_bytes:
-            self._report(self._refusal(event, size))
+            self._report(refusal(event, size, self.settings))
             return
         if signal & SEALED and self._caller_sends:
             self._assist()
@@ -370,24 +370,6 @@ class EventQueue:
             self._report(error)
         else:
             self._count(errors=1)
-
-    def _refusal(self, event: dict[str, Any], size: int) -> TrackerError:
-        """Why track() did not queue an event (it could not be packed, or is too large)."""
-        what = event.get("action")
-        if size == SENT_AT_VALUE_BYTES:
-            try:
-                msgpack.packb(event, datetime=True)
-            except Exception as error:
-                return TrackerError(f"event {what!r} dropped: cannot be encoded: {error}")
-        if self.settings.transport == "udp":
-            return TrackerError(
-                f"event {what!r} dropped: {size} bytes of msgpack, more than a UDP datagram "
-                "can carry; send large events with transport='tcp'"
-            )
-        return TrackerError(
-            f"event {what!r} dropped: {size} bytes of msgpack, more than max_batch_bytes "
-            f"({self.settings.max_batch_bytes}) allows"
-        )
 
     # For flush() and close().
 

@@ -1,11 +1,13 @@
-"""The options of a tracker, its counters and what flush() reports."""
+"""The options of a tracker, its counters, what flush() reports, and why an event is refused."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
+
+import msgpack
 
 Transport = Literal["udp", "tcp"]
 Overflow = Literal["drop_newest", "drop_oldest"]
@@ -123,3 +125,23 @@ def datagram_budget(settings: Settings) -> int:
 def batch_budget(settings: Settings) -> int:
     """Bytes of events (with their sent_at values) that fit in one envelope."""
     return settings.max_batch_bytes - ENVELOPE_ROOM
+
+
+def refusal(event: dict[str, Any], size: int, settings: Settings) -> TrackerError:
+    """Why track() did not queue an event: it cannot be packed (`size` is then that of its
+    sent_at value alone), or it is larger than a datagram or a batch can carry."""
+    what = event.get("action")
+    if size == SENT_AT_VALUE_BYTES:
+        try:
+            msgpack.packb(event, datetime=True)
+        except Exception as error:
+            return TrackerError(f"event {what!r} dropped: cannot be encoded: {error}")
+    if settings.transport == "udp":
+        return TrackerError(
+            f"event {what!r} dropped: {size} bytes of msgpack, more than a UDP datagram "
+            "can carry; send large events with transport='tcp'"
+        )
+    return TrackerError(
+        f"event {what!r} dropped: {size} bytes of msgpack, more than max_batch_bytes "
+        f"({settings.max_batch_bytes}) allows"
+    )
