@@ -22,12 +22,14 @@ keys: about 110 bytes of msgpack with the event's time, id and sent_at.
     python -m bench.track --part e2e --duration 10 --max-datagram-bytes 8192
     python -m bench.track --part e2e --e2e-transport tcp
     python -m bench.track --json
+    python -m bench.track --part calls --transports udp --udp-sink   # track() alone
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
 import sys
 import tempfile
@@ -40,6 +42,7 @@ from typing import Any, Literal
 from collector_client import Tracker
 
 from bench.ingest import machine_info, stopped_stats, udp_kernel_counters, wait_until_settled
+from collector.config import Address
 from collector.testing import DaemonProcess, count_rows
 
 ACTIONS = ("page_view", "click", "search", "add_to_cart", "checkout", "purchase", "login")
@@ -61,6 +64,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--transports", default="udp,tcp", help="for --part calls")
     parser.add_argument("--e2e-transport", choices=("udp", "tcp"), default="udp")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    parser.add_argument(
+        "--udp-sink",
+        action="store_true",
+        help="calls over UDP go to a bound socket nobody reads instead of a daemon, so the"
+        " daemon does not compete for the CPUs (the cost of track() alone)",
+    )
     return parser.parse_args(argv)
 
 
@@ -88,10 +97,20 @@ def track_for(tracker: Tracker, seconds: float) -> tuple[int, float]:
 
 
 def measure_calls(
-    daemon: DaemonProcess, transport: Literal["udp", "tcp"], options: argparse.Namespace
+    daemon: DaemonProcess | None, transport: Literal["udp", "tcp"], options: argparse.Namespace
 ) -> dict[str, Any]:
+    if daemon is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+            sink.bind(("127.0.0.1", 0))
+            return calls_to(Address(*sink.getsockname()), transport, options)
     address = daemon.udp if transport == "udp" else daemon.tcp
     assert address is not None
+    return calls_to(address, transport, options)
+
+
+def calls_to(
+    address: Address, transport: Literal["udp", "tcp"], options: argparse.Namespace
+) -> dict[str, Any]:
     runs = []
     for _ in range(options.repeat):
         tracker = Tracker(
@@ -174,6 +193,15 @@ def with_daemon(workdir: Path, name: str, measure: Callable[[DaemonProcess], Any
     return result, counters
 
 
+def calls_part(
+    workdir: Path, transport: Literal["udp", "tcp"], options: argparse.Namespace
+) -> dict[str, Any]:
+    if transport == "udp" and options.udp_sink:
+        return {**measure_calls(None, transport, options), "receiver": "socket"}
+    measure = partial(measure_calls, transport=transport, options=options)
+    return {**with_daemon(workdir, f"calls-{transport}", measure)[0], "receiver": "daemon"}
+
+
 def run(options: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine_info(), "options": vars(options)}
     wanted = options.transports.split(",")
@@ -181,12 +209,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-track-") as directory:
         workdir = Path(directory)
         if options.part in ("calls", "all"):
-            report["calls"] = [
-                with_daemon(
-                    workdir, f"calls-{t}", partial(measure_calls, transport=t, options=options)
-                )[0]
-                for t in transports
-            ]
+            report["calls"] = [calls_part(workdir, t, options) for t in transports]
         if options.part in ("e2e", "all"):
             report["e2e"], report["e2e_daemon"] = with_daemon(
                 workdir, "e2e", partial(measure_e2e, options=options)
@@ -198,7 +221,8 @@ def render(report: dict[str, Any]) -> str:
     lines = []
     for part in report.get("calls", []):
         lines.append(
-            f"track() {part['transport']}: best {part['calls_per_second_best']:,} calls/s, "
+            f"track() {part['transport']} to a {part['receiver']}: "
+            f"best {part['calls_per_second_best']:,} calls/s, "
             f"median {part['calls_per_second_median']:,} ({part['calls']:,} calls per run)"
         )
         for run_result in part["runs"]:
