@@ -162,9 +162,11 @@ class Daemon:
             await self._wait_for_connections()
         finally:
             # Always close the database: its thread would otherwise keep the process alive.
-            self.reader.close()
-            await self.writer.close()
-            self.stopped.set()
+            try:
+                await self.reader.close()
+            finally:
+                await self.writer.close()
+                self.stopped.set()
         log.info("stopped", **self.stats.snapshot())
 
     @property

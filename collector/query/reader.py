@@ -20,6 +20,8 @@ from collector.query.errors import QueryError
 
 PROGRESS_STEPS = 10_000
 BUSY_WAIT_SECONDS = 2.0
+# How long close() waits for queries still running on their threads (they are interrupted).
+CLOSE_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -55,21 +57,41 @@ class Reader:
         self.max_rows = max_rows
         self.slots = asyncio.Semaphore(concurrency)
         self.idle: list[sqlite3.Connection] = []
+        # Connections whose query runs on a thread, with that query's future.
+        self.busy: dict[sqlite3.Connection, asyncio.Future[Rows]] = {}
+        self.closed = False
 
     async def fetch(
         self, query: Query, max_rows: int | None = None, read_only_sql: bool = False
     ) -> Rows:
         cap = self.max_rows if max_rows is None else min(max_rows, self.max_rows)
+        if self.closed:
+            raise QueryError("BUSY", "the daemon is stopping")
         try:
             await asyncio.wait_for(self.slots.acquire(), BUSY_WAIT_SECONDS)
         except TimeoutError:
             raise QueryError("BUSY", "every query slot is in use; try again") from None
         conn = self.idle.pop() if self.idle else open_read_only(self.path)
+        work = asyncio.ensure_future(asyncio.to_thread(self._run, conn, query, cap, read_only_sql))
+        self.busy[conn] = work
+        work.add_done_callback(lambda _: self._release(conn))
         try:
-            return await asyncio.to_thread(self._run, conn, query, cap, read_only_sql)
-        finally:
+            # A cancelled caller must not hand the connection back while its thread still
+            # uses it (closing it then could crash SQLite): the thread's end releases it.
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            conn.interrupt()
+            raise
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        work = self.busy.pop(conn)
+        if not work.cancelled():
+            work.exception()  # retrieved here, in case its caller was cancelled
+        if self.closed:
+            conn.close()
+        else:
             self.idle.append(conn)
-            self.slots.release()
+        self.slots.release()
 
     def _run(self, conn: sqlite3.Connection, query: Query, cap: int, read_only_sql: bool) -> Rows:
         started = time.monotonic()
@@ -91,7 +113,13 @@ class Reader:
             conn.set_authorizer(None)
         return Rows(rows[:cap], len(rows) > cap, time.monotonic() - started, columns)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Interrupt the queries still running, wait for their threads, close everything."""
+        self.closed = True
+        for conn in self.busy:
+            conn.interrupt()
+        if self.busy:
+            await asyncio.wait(list(self.busy.values()), timeout=CLOSE_WAIT_SECONDS)
         for conn in self.idle:
             conn.close()
         self.idle.clear()
