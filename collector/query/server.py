@@ -120,6 +120,10 @@ class QueryServer:
             await self.serve_lines(reader, writer, Session(stream=streaming.Stream(reader, writer)))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # The daemon is stopping. Ending quietly: asyncio reports a connection handler
+            # that ends cancelled as an error ("Exception in callback ...").
+            pass
         finally:
             if task is not None:
                 self.connections.discard(task)
