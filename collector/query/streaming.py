@@ -123,8 +123,8 @@ async def tail(ctx: Context, session: Session, command: Command) -> Reply:
     commits: CommitSignal = ctx.commits
     signal = commits.listen()
     newest = await latest_events(ctx, command, span, count)
-    await stream.send(tail_lines(newest, fmt, span))
     last_id = newest[-1][0] if newest else await max_event_id(ctx)
+    await stream.send([*tail_lines(newest, fmt, span), LIVE_LINES[fmt]])
     stop = asyncio.ensure_future(stream.reader.readline())
     sent, missed = len(newest), 0
     try:
@@ -187,6 +187,14 @@ def tail_lines(rows: list[tuple[Any, ...]], fmt: str, span: Window) -> list[str]
     if fmt == "json":
         return [json.dumps(event_object(row, span), ensure_ascii=False) for row in rows]
     return [stuff(" ".join(cell_text(v) for v in event_row(row, span.zone))) for row in rows]
+
+
+# Sent once the last n events are out: from here on, lines are events as they are
+# committed. Lets a client (n=0 especially) know the TAIL is listening.
+LIVE_LINES = {
+    "json": json.dumps({"live": True}),
+    "text": "# live: new events follow as they are committed; send any line to stop",
+}
 
 
 def missed_lines(count: int, fmt: str) -> list[str]:

@@ -283,6 +283,21 @@ async def test_tail_yields_events_committed_while_it_runs(
     assert await asyncio.to_thread(client.run, "COUNT") == [{"events": 9}]
 
 
+async def test_wait_live_tells_when_a_tail_listens_and_keeps_the_last_events(
+    daemon: Daemon, client: QueryClient
+) -> None:
+    stream = await asyncio.to_thread(client.tail, "user=u3", 1, IO_TIMEOUT)
+    assert stream.live is False
+    assert await asyncio.to_thread(stream.wait_live) is True
+    assert stream.live is True
+    # Only now is it certain that an event committed next will be streamed.
+    later = {"action": "later", "user_id": "u3", "ts": at("2024-05-04", 10)}
+    await ingest(daemon.tcp_address, [later], ack="later")
+    events = await asyncio.to_thread(take, stream, 2)
+    assert [(e["id"], e["action"]) for e in events] == [(6, "OK"), (7, "later")]
+    assert await asyncio.to_thread(stream.stop) == "OK 2 events, 0 missed"
+
+
 async def test_tail_says_what_a_slow_reader_missed(daemon: Daemon, client: QueryClient) -> None:
     stream = await asyncio.to_thread(client.tail, "action=flood,signup", 1, IO_TIMEOUT)
     [signup] = await asyncio.to_thread(take, stream, 1)

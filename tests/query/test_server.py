@@ -373,6 +373,7 @@ async def test_tail_sends_the_last_events_then_new_ones_until_a_line(
     await query.send("TAIL n=2 action!=login format=json")
     first = [json.loads(await query.reader.readline()) for _ in range(2)]
     assert [e["action"] for e in first] == ["click", "OK"]
+    assert json.loads(await query.reader.readline()) == {"live": True}
     assert daemon.tcp_address is not None
     client = await TcpClient.connect(daemon.tcp_address)
     await client.send({"events": [{"action": "login"}, {"action": "late", "value": 1}], "ack": "a"})
@@ -386,6 +387,21 @@ async def test_tail_sends_the_last_events_then_new_ones_until_a_line(
     assert await query.ask("PING") == ([], "OK PONG")
 
 
+async def test_a_text_tail_says_when_it_is_live(daemon: Daemon, query: QueryClient) -> None:
+    await query.send("TAIL n=0 user=u9")
+    live = await query.reader.readline()
+    assert live == b"# live: new events follow as they are committed; send any line to stop\r\n"
+    assert daemon.tcp_address is not None
+    client = await TcpClient.connect(daemon.tcp_address)
+    await client.send({"events": [{"action": "late", "user_id": "u9", "value": 5}], "ack": "a"})
+    assert (await client.reply())["stored"] == 1
+    await client.close()
+    words = (await query.reader.readline()).decode().split()
+    assert (words[0], words[3:6]) == ("7", ["u9", "late", "5"])
+    await query.send("stop")
+    assert await query.reply() == ([], "OK 1 events, 0 missed")
+
+
 async def test_a_stalled_tail_reader_never_slows_ingestion(db_path: Path) -> None:
     total = 30_000
     async with running_daemon(db_path) as daemon:
@@ -393,6 +409,7 @@ async def test_a_stalled_tail_reader_never_slows_ingestion(db_path: Path) -> Non
         tail = await QueryClient.connect(daemon.query_address)
         await tail.send("PING", "TAIL n=0 action=flood format=json")
         assert await tail.reply() == ([], "OK PONG")
+        assert json.loads(await tail.reader.readline()) == {"live": True}
         # The tail reader reads nothing while 30,000 events are ingested and acknowledged.
         sender = await TcpClient.connect(daemon.tcp_address)
         for batch in range(total // 1000):

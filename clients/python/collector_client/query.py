@@ -11,11 +11,15 @@ import socket
 from collections import deque
 from collections.abc import Callable, Generator
 from contextlib import closing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 DEFAULT_PORT = 24225
 TAIL_STOP_LINE = "stop"
+# What TAIL sends once its last n events are out (JSON and text): it is listening now.
+TAIL_LIVE_LINES = frozenset(
+    {'{"live": true}', "# live: new events follow as they are committed; send any line to stop"}
+)
 RECV_BYTES = 65536
 # Verbs whose replies are left as the daemon sends them: they have no table to turn to JSON,
 # stream on their own terms, or change the session.
@@ -305,18 +309,44 @@ class TailStream(Generic[T]):
     decode: Callable[[str], T]
     wait: float | None
     status: str | None = None
+    live: bool = False  # the daemon has sent the last n events and now streams new ones
+    _early: deque[str] = field(default_factory=deque)
 
     def __iter__(self) -> TailStream[T]:
         return self
 
     def __next__(self) -> T:
+        if self._early:
+            return self.decode(self._early.popleft())
+        while (line := self._read()) is not None:
+            if line not in TAIL_LIVE_LINES:
+                return self.decode(line)
+        raise StopIteration
+
+    def wait_live(self) -> bool:
+        """Read up to the point where the TAIL is listening for new commits (the last n
+        events are kept for iteration). False if the TAIL ended first."""
+        while not self.live:
+            line = self._read()
+            if line is None:
+                return False
+            if line not in TAIL_LIVE_LINES:
+                self._early.append(line)
+        return True
+
+    def _read(self) -> str | None:
+        """The next data line, un-stuffed (the live marker too, noted in `live`); None once
+        the TAIL has ended."""
         if self.status is not None:
-            raise StopIteration
+            return None
         line = self.connection.read_line(self.wait)
         if is_status_line(line):
             self._ended(line)
-            raise StopIteration
-        return self.decode(unstuff(line))
+            return None
+        if line in TAIL_LIVE_LINES:
+            self.live = True
+            return line
+        return unstuff(line)
 
     def stop(self) -> str:
         """End the TAIL; return its status line (QueryError if ERR). Lines in flight are dropped."""
