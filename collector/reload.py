@@ -49,7 +49,7 @@ def reload_config(daemon: Daemon, load: Callable[[], Config]) -> Outcome | None:
     try:
         new = load()
         token = load_token(new)
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, OSError, ValueError) as exc:  # ValueError: a token file not UTF-8
         log.error("reload failed, the running configuration is kept", error=str(exc))
         return None
     old = daemon.config

@@ -77,8 +77,11 @@ class ServiceLink:
             log.warning("reload ignored: the daemon is starting or stopping")
             return
         self.notifier.reloading()
-        reload_config(self.daemon, load)
-        self.notifier.ready()
+        try:
+            reload_config(self.daemon, load)
+        finally:
+            # Even a failed reload must end systemd's "reloading" state.
+            self.notifier.ready()
 
     async def close(self) -> None:
         for task in self._tasks:

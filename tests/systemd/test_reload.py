@@ -162,3 +162,62 @@ def test_every_live_setting_reaches_the_running_parts(
     assert daemon.config.batch_size == 5000  # not applied: it needs a restart
     assert daemon.config.max_event_bytes == 999
     assert logging_set == [("info", "json")]
+
+
+async def test_a_new_token_logs_out_the_connections_of_the_old_one(
+    db_path: Path, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("old")
+    daemon = DaemonProcess(db_path, env={"COLLECTOR_QUERY_TOKEN_FILE": str(token_file)}).start()
+    assert daemon.query is not None
+    client = await QueryClient.connect(daemon.query)
+    assert await client.ask("AUTH old") == ([], "OK authenticated")
+    assert (await client.ask("COUNT"))[1].startswith("OK")
+    token_file.write_text("new")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log(reloaded)
+    assert (await client.ask("COUNT"))[1].startswith("ERR AUTH")
+    assert await client.ask("AUTH new") == ([], "OK authenticated")
+    assert (await client.ask("COUNT"))[1].startswith("OK")
+    await client.close()
+    assert daemon.stop() == 0
+
+
+async def test_turning_a_token_on_logs_out_connections_that_needed_none(
+    db_path: Path, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("")
+    daemon = DaemonProcess(db_path, env={"COLLECTOR_QUERY_TOKEN_FILE": str(token_file)}).start()
+    assert daemon.query is not None
+    client = await QueryClient.connect(daemon.query)
+    assert await client.ask("AUTH anything") == ([], "OK no token is needed")
+    token_file.write_text("now-needed")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log(reloaded)
+    assert (await client.ask("COUNT"))[1].startswith("ERR AUTH")
+    await client.close()
+    assert daemon.stop() == 0
+
+
+async def test_a_failed_reload_still_tells_systemd_it_is_ready(
+    db_path: Path, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("good")
+    notify = NotifyListener(tmp_path)
+    daemon = DaemonProcess(
+        db_path,
+        env={"COLLECTOR_QUERY_TOKEN_FILE": str(token_file), "NOTIFY_SOCKET": notify.address},
+    ).start()
+    notify.wait_for(has("READY"))
+    token_file.write_bytes(b"\xff\xfe not text")
+    daemon.signal(signal.SIGHUP)
+    failed = daemon.wait_for_log(lambda r: r.get("event", "").startswith("reload failed"))
+    assert "utf-8" in failed["error"]
+    notify.wait_for(has("RELOADING"))
+    assert notify.wait_for(lambda lines: lines[0] != "WATCHDOG=1") == ["READY=1"]
+    assert await auth(daemon, "good") == "OK authenticated"
+    assert daemon.stop() == 0
+    notify.close()
