@@ -187,8 +187,7 @@ class QueryServer:
         verb = VERBS.get(command.verb)
         if verb is None:
             raise QueryError("UNKNOWN", f"unknown verb {command.verb}; try HELP")
-        needs_auth = self.context.token is not None and not session.authenticated
-        if needs_auth and command.verb not in OPEN_VERBS:
+        if not verbs.is_authenticated(self.context, session) and command.verb not in OPEN_VERBS:
             raise QueryError("AUTH", "authenticate first: AUTH TOKEN")
         return await verb.handler(self.context, session, command)
 

@@ -31,7 +31,8 @@ class Session:
 
     format: str = "text"
     quit: bool = False
-    authenticated: bool = False
+    # The token this connection authenticated with: a new token (a reload) logs it out.
+    authenticated_with: str | None = None
     stream: Any = None  # the connection, for verbs that stream (streaming.Stream)
 
 
@@ -306,14 +307,19 @@ async def users(ctx: Context, session: Session, command: Command) -> Reply:
 
 async def auth(ctx: Context, session: Session, command: Command) -> Reply:
     if ctx.token is None:
-        session.authenticated = True
         return Reply(summary="no token is needed")
     if len(command.args) != 1:
         raise QueryError("ARG", "usage: AUTH TOKEN")
     if not hmac.compare_digest(command.args[0].encode(), ctx.token.encode()):
         raise QueryError("AUTH", "wrong token")
-    session.authenticated = True
+    session.authenticated_with = ctx.token
     return Reply(summary="authenticated")
+
+
+def is_authenticated(ctx: Context, session: Session) -> bool:
+    """No token configured, or this connection gave the current one (not one since
+    replaced by a reload)."""
+    return ctx.token is None or session.authenticated_with == ctx.token
 
 
 async def sql(ctx: Context, session: Session, command: Command) -> Reply:
