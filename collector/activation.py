@@ -40,9 +40,9 @@ def listen_fds(env: MutableMapping[str, str]) -> list[tuple[int, str]]:
         pid = env.get("LISTEN_PID", "")
         count = env.get("LISTEN_FDS", "")
         names = env.get("LISTEN_FDNAMES")
-        if not pid.isdigit() or int(pid) != os.getpid():
+        if not (pid.isascii() and pid.isdecimal()) or int(pid) != os.getpid():
             return []
-        if not count.isdigit():
+        if not (count.isascii() and count.isdecimal()):
             raise ActivationError(f"LISTEN_FDS is not a number: {count!r}")
         fds = list(range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)))
         labels = names.split(":") if names is not None else ["unknown"] * len(fds)

@@ -15,7 +15,6 @@ import structlog
 log = structlog.get_logger("collector.sdnotify")
 
 # A send must never hold up the event loop for long; a lost STATUS or ping is harmless.
-SEND_TIMEOUT = 1.0
 
 
 def notify_address(raw: str | None) -> str | None:
@@ -35,9 +34,9 @@ def watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
     """Half of $WATCHDOG_USEC in seconds when the watchdog is meant for this process."""
     usec = env.get("WATCHDOG_USEC", "")
     owner = env.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0:
+    if not (usec.isascii() and usec.isdecimal()) or int(usec) == 0:
         return None
-    if owner and (not owner.isdigit() or int(owner) != pid):
+    if owner and (not (owner.isascii() and owner.isdecimal()) or int(owner) != pid):
         return None
     return int(usec) / 2_000_000
 
@@ -69,7 +68,8 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self._sock.settimeout(SEND_TIMEOUT)
+                # Never block the event loop: a busy manager loses this message instead.
+                self._sock.setblocking(False)
             self._sock.sendto(message, self.address)
         except OSError as exc:
             log.warning("cannot notify the service manager", error=str(exc))
