@@ -37,6 +37,9 @@ from collector.storage.writer import CommitSignal, Writer
 log = structlog.get_logger("collector.daemon")
 
 CLOSE_WAIT_SECONDS = 2.0
+# listen() backlog, also applied to sockets passed by systemd (listen() again resets theirs):
+# systemd's own default (Backlog=, SOMAXCONN), capped by net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 # A second signal within this many seconds of the first is the same request, delivered twice.
 REPEATED_SIGNAL_GRACE = 0.5
 
@@ -131,13 +134,16 @@ class Daemon:
             self.udp_receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         tcp = activation.listen_on(self.inherited, "tcp", config.tcp)
         if tcp is not None:
-            server = await loop.create_server(self.tcp.protocol, backlog=1024, **tcp)
+            server = await loop.create_server(self.tcp.protocol, backlog=LISTEN_BACKLOG, **tcp)
             self._tcp_server = server
             self.tcp_address = bound_address(server.sockets[0])
         query = activation.listen_on(self.inherited, "query", config.query)
         if query is not None:
             query_server = await asyncio.start_server(
-                self.queries.handle, limit=config.query_max_line_bytes + 2, **query
+                self.queries.handle,
+                limit=config.query_max_line_bytes + 2,
+                backlog=LISTEN_BACKLOG,
+                **query,
             )
             self._query_server = query_server
             self.query_address = bound_address(query_server.sockets[0])
@@ -236,6 +242,11 @@ def load_query_token(config: Config) -> str | None:
     return token or None
 
 
+def quietly(emit: Callable[..., Any], event: str, **values: Any) -> None:
+    with contextlib.suppress(Exception):
+        emit(event, **values)
+
+
 def bound_address(sock: socket.socket) -> Address:
     host, port = sock.getsockname()[:2]
     return Address(host, port)
@@ -255,16 +266,18 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
     first_signal_at: list[float] = []
 
     def on_signal(signum: int) -> None:
+        # Act first, log second: a log line can fail (stderr gone with its reader), and
+        # that must not cost the stop.
         name = signal.Signals(signum).name
         if not first_signal_at:
             first_signal_at.append(loop.time())
-            log.info("signal received, shutting down", signal=name)
             stop_requested.set()
+            quietly(log.info, "signal received, shutting down", signal=name)
         elif loop.time() - first_signal_at[0] < REPEATED_SIGNAL_GRACE:
             # One stop often arrives twice (make and timeout both forward SIGTERM).
-            log.info("repeated signal ignored", signal=name)
+            quietly(log.info, "repeated signal ignored", signal=name)
         else:
-            log.warning("second signal, exiting at once", signal=name)
+            quietly(log.warning, "second signal, exiting at once", signal=name)
             os._exit(128 + signum)
 
     for signum in signals:
