@@ -47,6 +47,9 @@ def backup(
     check_paths(source, dest, force)
     temp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
+        # Owner-only from the start, like the live database (UMask=0077 in the unit): a
+        # copy in a shared directory must not be readable by everyone.
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         events = copy_snapshot(source, temp, progress)
         sync_file(temp)
         os.replace(temp, dest)

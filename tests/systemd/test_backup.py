@@ -107,3 +107,14 @@ def test_commits_between_backup_steps_do_not_restart_or_enter_the_copy(
     assert len(steps) > 100
     assert steps == sorted(steps)
     assert result.events == 2000
+
+
+def test_a_backup_is_readable_by_its_owner_only(db_path: Path, tmp_path: Path) -> None:
+    daemon = DaemonProcess(db_path).start()
+    assert daemon.stop() == 0
+    previous = os.umask(0o022)  # a umask that would leave a new file world-readable
+    try:
+        backup(db_path, tmp_path / "copy.db")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "copy.db").stat().st_mode & 0o777 == 0o600
