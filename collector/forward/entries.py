@@ -143,21 +143,38 @@ def entry_row(
         row = normalise(record_event(tag, stamp, record, settings), received_at, limits)
     except EventError:
         # Fluentd sends strings it holds as raw bytes (in_tail's default) as msgpack bin.
-        if not contains_binary(record):
+        has_binary, depth = binary_and_depth(record)
+        if not has_binary:
             raise
+        if depth > limits.max_extra_depth:
+            # text_of() recurses: only a record that could be stored is worth converting.
+            raise EventError(
+                f"record is nested {depth} deep, more than max_extra_depth={limits.max_extra_depth}"
+            ) from None
         row = normalise(record_event(tag, stamp, text_of(record), settings), received_at, limits)
     check_storable(row)
     return row
 
 
-def contains_binary(value: Any) -> bool:
-    if type(value) is bytes:
-        return True
-    if type(value) is dict:
-        return any(contains_binary(k) or contains_binary(v) for k, v in value.items())
-    if type(value) is list:
-        return any(contains_binary(item) for item in value)
-    return False
+def binary_and_depth(value: Any) -> tuple[bool, int]:
+    """Whether bin appears anywhere in `value`, and its depth of maps and lists (a map
+    is depth 1). Walked without recursion: a record can be nested as deep as msgpack
+    allows, deeper than Python's recursion limit."""
+    has_binary = False
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is bytes:
+            has_binary = True
+        elif kind is dict:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for pair in item.items() for child in pair)
+        elif kind is list:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return has_binary, deepest
 
 
 def text_of(value: Any) -> Any:

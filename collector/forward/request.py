@@ -14,15 +14,22 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
-from collector.codec import UNPACK_ERRORS, Decoded, Rejection
+from collector.codec import Decoded, Rejection
 from collector.events import Limits, type_name
 from collector.forward.entries import add_entry, repack_exact
+from collector.forward.packed import (
+    PackedError,
+    add_entries,
+    entry_ends,
+    max_counted_entries,
+)
 from collector.forward.settings import ForwardSettings
 
 GZIP_WBITS = zlib.MAX_WBITS | 16
 UNCOMPRESSED = (None, "text")
+INFLATE_STEP_BYTES = 1024 * 1024
+# Fluentd's chunk ids are 24 characters (16 random bytes in base64).
+MAX_CHUNK_BYTES = 256
 
 
 class ForwardError(ValueError):
@@ -52,32 +59,63 @@ def decode_request(
     request: list[Any], received_at: int, limits: Limits, settings: ForwardSettings
 ) -> ForwardRequest:
     tag, second = request[0], request[1] if len(request) > 1 else None
-    inflated = 0
+    if type(second) is str or type(second) is bytes:
+        return decode_packed(request, received_at, limits, settings)
     if type(second) is list:
-        option = request_option(request, 3)
-        entries: list[Any] | None = second
-        count = len(second)
-    elif type(second) is str or type(second) is bytes:
-        option = request_option(request, 3)
-        blob = inflate(packed_bytes(second), option, settings.max_decompressed_bytes)
-        inflated = len(blob) if option.get("compressed") == "gzip" else 0
-        entries, count = unpack_entries(blob, limits.max_batch_events)
+        option, entries = request_option(request, 3), second
     else:
-        option = request_option(request, 4)
-        entries, count = [request[1:3]], 1
+        option, entries = request_option(request, 4), [request[1:3]]
     decoded = Decoded([], [])
     set_ack(decoded, option)
-    if entries is None or count > limits.max_batch_events:
-        reason = (
-            f"forward request of {count} events exceeds max_batch_events={limits.max_batch_events}"
-        )
-        decoded.rejections.append(Rejection(reason, repack_exact(request), count))
+    if len(entries) > limits.max_batch_events:
+        reject_whole(decoded, request, len(entries), limits)
     else:
         for entry in entries:
             add_entry(
                 decoded, tag, entry, received_at=received_at, limits=limits, settings=settings
             )
+    return ForwardRequest(decoded)
+
+
+def decode_packed(
+    request: list[Any], received_at: int, limits: Limits, settings: ForwardSettings
+) -> ForwardRequest:
+    """PackedForward and CompressedPackedForward: the entries are measured first, then
+    built one at a time (see collector.forward.packed)."""
+    option = request_option(request, 3)
+    decoded = Decoded([], [])
+    set_ack(decoded, option)
+    blob = inflate(packed_bytes(request[1]), option, settings.max_decompressed_bytes)
+    inflated = len(blob) if option.get("compressed") == "gzip" else 0
+    try:
+        ends = entry_ends(blob, max_counted_entries(limits))
+        if len(ends) > limits.max_batch_events:
+            reject_whole(decoded, request, len(ends), limits)
+        else:
+            add_entries(
+                decoded,
+                request[0],
+                blob,
+                ends,
+                received_at=received_at,
+                limits=limits,
+                settings=settings,
+            )
+    except PackedError as exc:
+        raise ForwardError(str(exc)) from None
     return ForwardRequest(decoded, inflated)
+
+
+def reject_whole(decoded: Decoded, request: list[Any], count: int, limits: Limits) -> None:
+    """Quarantine a request of more than max_batch_events events as one record. Counting
+    stops past max_counted_entries: such a request counts as that many events plus one."""
+    most = limits.max_batch_events
+    if count > max_counted_entries(limits):
+        count = max_counted_entries(limits) + 1
+        reason = f"forward request of more than {count - 1} events exceeds max_batch_events={most}"
+    else:
+        reason = f"forward request of {count} events exceeds max_batch_events={most}"
+    decoded.rejections.append(Rejection(reason, repack_exact(request), count))
 
 
 def request_option(request: list[Any], length: int) -> dict[Any, Any]:
@@ -101,6 +139,10 @@ def set_ack(decoded: Decoded, option: dict[Any, Any]) -> None:
         return
     if type(chunk) is not str and type(chunk) is not bytes:
         raise ForwardError(f"option chunk must be str or bin, got {type_name(chunk)}")
+    # Text sent as invalid UTF-8 counts 3 bytes per escaped byte: close enough for a cap.
+    size = len(chunk.encode("utf-8", "surrogatepass") if isinstance(chunk, str) else chunk)
+    if size > MAX_CHUNK_BYTES:
+        raise ForwardError(f"option chunk is {size} bytes, more than {MAX_CHUNK_BYTES}")
     decoded.ack = chunk
     decoded.wants_ack = True
 
@@ -117,7 +159,7 @@ def packed_bytes(blob: str | bytes) -> bytes:
         raise ForwardError("PackedForward entries sent as str hold invalid text") from None
 
 
-def inflate(blob: bytes, option: dict[Any, Any], limit: int) -> bytes:
+def inflate(blob: bytes, option: dict[Any, Any], limit: int) -> bytes | bytearray:
     compressed = option.get("compressed")
     if compressed in UNCOMPRESSED:
         return blob
@@ -126,72 +168,29 @@ def inflate(blob: bytes, option: dict[Any, Any], limit: int) -> bytes:
     return gunzip(blob, limit)
 
 
-def gunzip(data: bytes, limit: int) -> bytes:
+def gunzip(data: bytes, limit: int) -> bytearray:
     """Decompress one or more gzip members back to back, never holding more than
-    `limit` + 1 decompressed bytes."""
+    `limit` + 1 decompressed bytes, plus one step of INFLATE_STEP_BYTES while it grows."""
     out = bytearray()
     pending = data
     while pending:
         inflater = zlib.decompressobj(GZIP_WBITS)
-        while True:
+        while not inflater.eof:
+            step = min(INFLATE_STEP_BYTES, limit + 1 - len(out))
             try:
-                out += inflater.decompress(pending, limit + 1 - len(out))
+                piece = inflater.decompress(pending, step)
             except zlib.error as exc:
                 raise ForwardError(f"gzip data is corrupt: {exc}") from None
+            out += piece
             if len(out) > limit:
                 raise DecompressionLimitError(
                     f"gzip entries inflate past forward_max_decompressed_bytes={limit}"
                 )
             pending = inflater.unconsumed_tail
-            if inflater.eof or not pending:
+            # A full step may leave output inside zlib after the last input byte.
+            if not pending and len(piece) < step:
                 break
         if not inflater.eof:
             raise ForwardError("gzip data is truncated")
         pending = inflater.unused_data
-    return bytes(out)
-
-
-def unpack_entries(blob: bytes, max_entries: int) -> tuple[list[Any] | None, int]:
-    """The entries of a MessagePackEventStream (back-to-back msgpack objects) and their
-    count. Past `max_entries` they are only counted, not built (the list is None)."""
-    unpacker = msgpack.Unpacker(
-        strict_map_key=False,
-        unicode_errors="surrogateescape",
-        max_buffer_size=max(len(blob), 1),
-    )
-    unpacker.feed(blob)
-    entries: list[Any] = []
-    # tell() also moves over an incomplete entry, so remember where the last one ended.
-    complete_to = 0
-    try:
-        for entry in unpacker:
-            complete_to = unpacker.tell()
-            entries.append(entry)
-            if len(entries) > max_entries:
-                return None, len(entries) + count_rest(unpacker, len(blob), complete_to)
-    except UNPACK_ERRORS as exc:
-        raise ForwardError(f"PackedForward entries are not valid msgpack: {exc}") from None
-    check_complete(complete_to, len(blob))
-    return entries, len(entries)
-
-
-def count_rest(unpacker: msgpack.Unpacker, size: int, complete_to: int) -> int:
-    count = 0
-    try:
-        while complete_to < size:
-            unpacker.skip()
-            complete_to = unpacker.tell()
-            count += 1
-    except msgpack.OutOfData:
-        pass
-    except UNPACK_ERRORS as exc:
-        raise ForwardError(f"PackedForward entries are not valid msgpack: {exc}") from None
-    check_complete(complete_to, size)
-    return count
-
-
-def check_complete(complete_to: int, size: int) -> None:
-    if complete_to != size:
-        raise ForwardError(
-            f"PackedForward entries end in an incomplete entry at byte {complete_to}"
-        )
+    return out

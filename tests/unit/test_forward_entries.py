@@ -195,3 +195,32 @@ def test_a_too_long_tag_as_action_is_quarantined() -> None:
     decoded = entries([1, {}], tag="t" * 201)
     assert decoded.rows == []
     assert decoded.rejections[0].reason == "action is 201 characters, more than 200"
+
+
+# --- deep records ----------------------------------------------------------------------------
+
+
+def nested(depth: int, leaf: Any) -> Any:
+    """A record of `depth` maps, one inside the other, built without recursion."""
+    record = leaf
+    for _ in range(depth):
+        record = {"k": record}
+    return record
+
+
+@pytest.mark.parametrize("depth", [9, 600, 1000])
+def test_a_deep_record_is_explained_not_a_recursion_error(depth: int) -> None:
+    """Deeper than Python's recursion limit, as far as msgpack decodes (1024 levels)."""
+    with_text, with_bin = entries([1, nested(depth, "v")], [1, nested(depth, b"v")]).rejections
+    assert with_text.reason.startswith("extra is nested ")
+    assert with_text.reason.endswith(" deep, more than 8") or with_text.reason.endswith(
+        "deeper than 8"
+    )
+    assert with_bin.reason == f"record is nested {depth} deep, more than max_extra_depth=8"
+    assert with_bin.raw == msgpack.packb(["app.web", 1, nested(depth, b"v")])
+
+
+def test_bin_within_the_depth_limit_is_still_converted() -> None:
+    decoded = entries([1, nested(7, b"v")])
+    assert decoded.rejections == []
+    assert json.loads(str(decoded.rows[0][5]))["k"] == nested(6, "v")

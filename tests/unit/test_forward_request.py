@@ -20,7 +20,6 @@ from collector.forward.request import (
     decode_request,
     gunzip,
     is_forward_request,
-    unpack_entries,
 )
 from collector.forward.settings import ForwardSettings
 from collector.forward.stream import forward_stream_unpacker
@@ -172,6 +171,8 @@ def test_too_many_events_quarantine_the_whole_request_counted_exactly() -> None:
         (["app", [], {}, {}], "a Forward/PackedForward request has 2 or 3 elements, got 4"),
         (["app", [], "option"], "option must be a map, got str"),
         (["app", [], {"chunk": 5}], "option chunk must be str or bin, got int"),
+        (["app", [], {"chunk": "c" * 257}], "option chunk is 257 bytes, more than 256"),
+        (["app", T, {}, {"chunk": b"\x00" * 300}], "option chunk is 300 bytes, more than 256"),
         (["app", b"\xc1", {}], "PackedForward entries are not valid msgpack"),
         (["app", packed([T, {}])[:-1]], "end in an incomplete entry at byte 0"),
         (["app", packed([T, {}]) + b"\x92"], "end in an incomplete entry at byte"),
@@ -186,14 +187,20 @@ def test_unusable_requests_are_refused_with_the_reason(obj: Any, reason: str) ->
         decode(obj)
 
 
+def test_a_chunk_of_256_bytes_is_acknowledged() -> None:
+    for chunk in ("c" * 256, b"\xff" * 256, "\u00e9" * 128):
+        assert decode(["app", [], {"chunk": chunk}]).decoded.ack == chunk
+
+
 def test_a_str_blob_with_unencodable_text_is_refused() -> None:
     with pytest.raises(ForwardError, match="sent as str hold invalid text"):
         decode_request(["app", "\ud800"], RECEIVED_AT, Limits(), SETTINGS)
 
 
 def test_too_many_entries_in_a_corrupt_blob_is_still_refused() -> None:
+    """Below the counting cap (10 x max_batch_events) the whole blob is checked."""
     with pytest.raises(ForwardError, match="not valid msgpack"):
-        unpack_entries(packed([T, {}], [T, {}]) + b"\xc1", 1)
+        decode(["app", packed([T, {}], [T, {}]) + b"\xc1"], Limits(max_batch_events=1))
 
 
 # --- decompression cap ---------------------------------------------------------------------
