@@ -60,6 +60,8 @@ class Stats:
     quarantined: int = 0
     decode_errors: int = 0
     tcp_truncated_bytes: int = 0
+    tcp_discarded_bytes: int = 0
+    tcp_unackable_dropped: int = 0
     tcp_connections_open: int = 0
     tcp_connections_total: int = 0
     tcp_connections_refused: int = 0

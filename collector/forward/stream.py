@@ -1,5 +1,5 @@
-"""What a TCP connection needs around forward requests: how to decode its stream, and the
-bytes of an ack.
+"""What a TCP connection needs around forward requests: how to decode its stream (and
+account for every byte read), and the bytes of an ack.
 
 Fluentd's out_forward sends the PackedForward blob as msgpack str although it is binary,
 so a strict UTF-8 decoder fails on it. A connection whose first request is a forward
@@ -14,6 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+
+from collector.buffer import CommitResult
+from collector.codec import new_stream_unpacker
 
 NIL = 0xC0
 FIXARRAY_FIRST, FIXARRAY_LAST = 0x90, 0x9F
@@ -93,3 +96,76 @@ def holds_undecodable_text(obj: Any) -> bool:
 def ack_reply(chunk: Any) -> bytes:
     """`{"ack": chunk}` with the chunk exactly as received (str stays str, bin stays bin)."""
     return bytes(msgpack.packb({"ack": chunk}, unicode_errors="surrogateescape"))
+
+
+class StreamDecoder:
+    """A TCP connection's stream: the decoder its first bytes call for, and where the
+    bytes read stand: decoded into whole objects, waiting, or given up."""
+
+    def __init__(self, max_buffer_size: int) -> None:
+        self.max_buffer_size = max_buffer_size
+        self.opening = StreamOpening()
+        self.unpacker: msgpack.Unpacker | None = None
+        self.lenient = False  # decodes str with surrogate escapes (a forward stream)
+        self.fed = 0
+        # Unpacker.tell() also moves over an incomplete object, so remember where the
+        # last whole one ended.
+        self.decoded = 0
+
+    def feed(self, data: bytes, *, final: bool = False) -> bool:
+        """Take bytes read; False while they cannot show which decoder the stream
+        needs. Raises msgpack.BufferFull (the bytes are then counted as read)."""
+        if self.unpacker is None:
+            opened = self.opening.take(data, final=final)
+            if opened is None:
+                return False
+            self.lenient, data = opened
+            make = forward_stream_unpacker if self.lenient else new_stream_unpacker
+            self.unpacker = make(self.max_buffer_size)
+        self.fed += len(data)
+        self.unpacker.feed(data)
+        return True
+
+    def next_object(self) -> tuple[Any, int, int] | None:
+        """The next whole object, its size and the offset it starts at; None while no
+        whole object waits. Raises one of codec.UNPACK_ERRORS on bytes that are not
+        msgpack."""
+        if self.unpacker is None:
+            return None
+        try:
+            obj = next(self.unpacker)
+        except StopIteration:
+            return None
+        start, self.decoded = self.decoded, self.unpacker.tell()
+        return obj, self.decoded - start, start
+
+    @property
+    def undecoded(self) -> int:
+        """Bytes read after the last whole object, held opening bytes included."""
+        return self.fed - self.decoded + len(self.opening.held)
+
+    def discard(self) -> int:
+        """Give up on the undecoded bytes (they are never counted twice); how many."""
+        count = self.undecoded
+        self.fed, self.opening.held = self.decoded, b""
+        return count
+
+
+class PendingAck:
+    """An object's ack, sent once its commit is done and every earlier ack is sent."""
+
+    __slots__ = ("forward", "result", "token")
+
+    def __init__(self, token: Any, forward: bool = False) -> None:
+        self.token = token
+        self.forward = forward
+        self.result: CommitResult | None = None
+
+    def reply(self, result: CommitResult) -> bytes:
+        if self.forward:
+            return ack_reply(self.token)
+        stored, duplicates, rejected = result
+        reply = {"ack": self.token, "stored": stored, "rejected": rejected}
+        if duplicates:
+            reply["duplicates"] = duplicates
+        return bytes(msgpack.packb(reply))

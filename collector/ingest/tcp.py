@@ -5,7 +5,8 @@ a nil keepalive. With a forward shared key every connection starts with the hand
 
 Backpressure: while the buffer is full a connection stops decoding and pauses reading;
 the undecoded bytes wait in its unpacker (bounded by tcp_max_buffer_bytes) and nothing
-is dropped.
+is dropped while the connection lives. Bytes read and never decoded are counted, in
+`tcp_truncated_bytes` (cut short by the peer) or `tcp_discarded_bytes` (given up on).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import msgpack
 import structlog
 
 from collector.buffer import CommitResult
-from collector.codec import UNPACK_ERRORS, Decoded, decode_object, new_stream_unpacker
+from collector.codec import UNPACK_ERRORS, Decoded, decode_object
 from collector.forward.handshake import Handshake
 from collector.forward.request import (
     DecompressionLimitError,
@@ -28,12 +29,7 @@ from collector.forward.request import (
     is_forward_request,
 )
 from collector.forward.settings import ForwardSettings
-from collector.forward.stream import (
-    StreamOpening,
-    ack_reply,
-    forward_stream_unpacker,
-    holds_undecodable_text,
-)
+from collector.forward.stream import PendingAck, StreamDecoder, holds_undecodable_text
 from collector.ingest.core import Ingest, format_peer, now_ms, sanitise
 
 log = structlog.get_logger("collector.tcp")
@@ -68,43 +64,18 @@ class TcpIngest:
             connection.close_now()
 
 
-class PendingAck:
-    __slots__ = ("forward", "result", "token")
-
-    def __init__(self, token: Any, forward: bool = False) -> None:
-        self.token = token
-        self.forward = forward
-        self.result: CommitResult | None = None
-
-    def reply(self, result: CommitResult) -> bytes:
-        if self.forward:
-            return ack_reply(self.token)
-        stored, duplicates, rejected = result
-        reply = {"ack": self.token, "stored": stored, "rejected": rejected}
-        if duplicates:
-            reply["duplicates"] = duplicates
-        return bytes(msgpack.packb(reply))
-
-
 class TcpIngestProtocol(asyncio.Protocol):
     def __init__(self, server: TcpIngest) -> None:
         self.server = server
         self.ingest = server.ingest
         self.transport: asyncio.Transport | None = None
         self.source = "tcp:unknown"
-        # Chosen once the first bytes show whether the peer speaks forward (see
-        # collector.forward.stream); until then they wait in `opening`.
-        self.unpacker: Any = None
-        self.opening = StreamOpening()
-        self.lenient = False
+        self.stream = StreamDecoder(server.settings.max_buffer_bytes)
         self.handshake: Handshake | None = None
-        self.bytes_fed = 0
-        # Unpacker.tell() also moves over an incomplete object, so remember where the
-        # last complete one ended.
-        self.bytes_decoded = 0
         self.pending: deque[PendingAck] = deque()
         self.paused = False
         self.stopping = False  # no more input is read or decoded
+        self.lost = False  # the peer is gone: no ack can be sent any more
         self.eof = False
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -134,34 +105,28 @@ class TcpIngestProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.stopping:
+            self.ingest.stats.tcp_discarded_bytes += len(data)
             return
         self.last_activity = asyncio.get_running_loop().time()
         if self._feed(data):
             self._process()
 
     def _feed(self, data: bytes, *, final: bool = False) -> bool:
-        if self.unpacker is None:
-            opened = self.opening.take(data, final=final)
-            if opened is None:
-                return False
-            self.lenient, data = opened
-            limit = self.server.settings.max_buffer_bytes
-            self.unpacker = (forward_stream_unpacker if self.lenient else new_stream_unpacker)(
-                limit
-            )
         try:
-            self.unpacker.feed(data)
+            return self.stream.feed(data, final=final)
         except msgpack.BufferFull:
             limit = self.server.settings.max_buffer_bytes
             self._fail(f"an object is larger than tcp_max_buffer_bytes={limit}")
             return False
-        self.bytes_fed += len(data)
-        return True
 
     def eof_received(self) -> bool:
         self.eof = True
         if not self.paused and not self.stopping:
-            self._finish_input()
+            # Within the buffer's limits; once paused, _resume() finishes the input.
+            self._feed(b"", final=True)
+            self._process()
+            if not self.paused and not self.stopping:
+                self._finish_input()
         # Keep the socket open for writing until the pending acks are sent.
         return True
 
@@ -176,35 +141,43 @@ class TcpIngestProtocol(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         if not self.stopping:
-            # Complete objects already received are kept even though no ack can be sent.
-            self._feed(b"", final=True)
-            self._process(force=True)
-            self._count_trailing_bytes()
+            self._salvage()
         self.stopping = True
+
+    def _salvage(self) -> None:
+        """The peer is gone: what was received and asks for no ack is kept while the
+        buffer has room (see _unackable() for the rest); what is left is counted."""
+        self.lost = True
+        self.paused = False
+        self._feed(b"", final=True)
+        if self._process():
+            self._discard_undecoded("the buffer is full and the connection is lost")
+        else:
+            self._count_trailing_bytes()
 
     # decoding and backpressure
 
-    def _process(self, *, force: bool = False) -> None:
+    def _process(self, *, force: bool = False) -> bool:
+        """Decode what is complete; True when stopped by a full buffer (then paused,
+        unless the connection is lost). `force` ignores the buffer's limits, never a
+        failure: nothing after a refused object is decoded."""
         buffer = self.ingest.buffer
-        unpacker = self.unpacker
-        if unpacker is None:
-            return
-        while not self.stopping or force:
+        while not self.stopping:
             if not force and buffer.full():
-                self._pause()
-                return
+                if not self.lost:
+                    self._pause()
+                return True
             try:
-                obj = next(unpacker)
-            except StopIteration:
-                return
+                decoded = self.stream.next_object()
             except UNPACK_ERRORS as exc:
                 self._fail(f"not valid msgpack: {str(exc) or type(exc).__name__}")
-                return
-            decoded_to = unpacker.tell()
-            self._handle(obj, decoded_to - self.bytes_decoded)
-            self.bytes_decoded = decoded_to
+                return False
+            if decoded is None:
+                return False
+            self._handle(*decoded)
+        return False
 
-    def _handle(self, obj: Any, size: int) -> None:
+    def _handle(self, obj: Any, size: int, offset: int) -> None:
         ingest = self.ingest
         ingest.stats.tcp_objects_received += 1
         if obj is None:
@@ -215,15 +188,17 @@ class TcpIngestProtocol(asyncio.Protocol):
             return
         received_at = now_ms()
         if is_forward_request(obj):
-            self._handle_forward(obj, size, received_at)
+            self._handle_forward(obj, size, offset, received_at)
             return
-        if self.lenient and holds_undecodable_text(obj):
+        if self.stream.lenient and holds_undecodable_text(obj):
             # What a native connection's strict decoder would have refused.
-            self._fail("not valid msgpack: text is not UTF-8")
+            self._fail("not valid msgpack: text is not UTF-8", offset)
             return
-        self._accept(decode_object(obj, None, received_at, ingest.limits), size, received_at)
+        decoded = decode_object(obj, None, received_at, ingest.limits)
+        if not self._unackable(decoded):
+            self._accept(decoded, size, received_at)
 
-    def _handle_forward(self, request: list[Any], size: int, received_at: int) -> None:
+    def _handle_forward(self, request: list[Any], size: int, offset: int, received_at: int) -> None:
         stats = self.ingest.stats
         try:
             result = decode_request(request, received_at, self.ingest.limits, self.server.forward)
@@ -231,11 +206,23 @@ class TcpIngestProtocol(asyncio.Protocol):
             stats.forward_requests_refused += 1
             if isinstance(exc, DecompressionLimitError):
                 stats.forward_decompression_refused += 1
-            self._fail(f"forward request refused: {exc}")
+            self._fail(f"forward request refused: {exc}", offset)
+            return
+        if self._unackable(result.decoded):
             return
         stats.forward_requests += 1
         stats.forward_events += result.events
         self._accept(result.decoded, size + result.inflated_bytes, received_at, forward=True)
+
+    def _unackable(self, decoded: Decoded) -> bool:
+        """Whether to drop an object that wants an ack a closing connection (lost, or a
+        write failed) can no longer carry: the sender resends it, so stored it would be
+        stored twice."""
+        assert self.transport is not None
+        if not (decoded.wants_ack and self.transport.is_closing()):
+            return False
+        self.ingest.stats.tcp_unackable_dropped += 1
+        return True
 
     def _accept(
         self, decoded: Decoded, size: int, received_at: int, *, forward: bool = False
@@ -251,8 +238,6 @@ class TcpIngestProtocol(asyncio.Protocol):
 
     def _answer_handshake(self, message: Any) -> None:
         assert self.handshake is not None and self.transport is not None
-        if self.handshake.refused:
-            return  # what follows a refused PING in the final flush is never stored
         pong, refused = self.handshake.answer(message)
         if not self.transport.is_closing():
             self.transport.write(msgpack.packb(pong))
@@ -264,6 +249,7 @@ class TcpIngestProtocol(asyncio.Protocol):
         stats.forward_handshakes_refused += 1
         log.warning("forward handshake refused", peer=self.source, reason=sanitise(refused))
         self._stop_reading()
+        self._discard_undecoded("the forward handshake was refused")
         self._close_when_acked()
 
     def _pause(self) -> None:
@@ -294,12 +280,21 @@ class TcpIngestProtocol(asyncio.Protocol):
         self._close_when_acked()
 
     def _count_trailing_bytes(self) -> None:
-        trailing = self.bytes_fed - self.bytes_decoded
-        if trailing > 0 and not self.stopping:
+        if self.stopping:
+            return
+        trailing = self.stream.discard()
+        if trailing > 0:
             self.ingest.stats.tcp_truncated_bytes += trailing
             log.info("discarded an incomplete object at close", peer=self.source, bytes=trailing)
 
-    def _fail(self, reason: str) -> None:
+    def _discard_undecoded(self, why: str) -> None:
+        discarded = self.stream.discard()
+        if discarded > 0:
+            self.ingest.stats.tcp_discarded_bytes += discarded
+            log.info("discarded undecoded bytes", peer=self.source, bytes=discarded, why=why)
+
+    def _fail(self, reason: str, offset: int | None = None) -> None:
+        """Close on bad input; `offset` is where the offending object starts."""
         stats = self.ingest.stats
         stats.decode_errors += 1
         stats.tcp_connections_closed_on_error += 1
@@ -307,9 +302,10 @@ class TcpIngestProtocol(asyncio.Protocol):
             "closing TCP connection on bad input",
             peer=self.source,
             reason=sanitise(reason),
-            offset=self.bytes_decoded,
+            offset=self.stream.decoded if offset is None else offset,
         )
         self._stop_reading()
+        self._discard_undecoded("bad input")
         self._close_when_acked()
 
     def _stop_reading(self) -> None:
@@ -353,11 +349,18 @@ class TcpIngestProtocol(asyncio.Protocol):
         self.ingest.stats.tcp_idle_closed += 1
         log.info("closing idle TCP connection", peer=self.source, idle_s=round(idle_for, 1))
         self.stopping = True
+        self._discard_undecoded("idle close")
         if self.transport is not None:
             self.transport.close()
 
     def shutdown(self) -> None:
-        """Daemon stopping: read no more, keep what is complete, ack it after the flush."""
+        """Daemon stopping: read no more, keep what is complete, ack it after the flush.
+
+        Unlike a lost connection this decodes past a full buffer (the acks can still be
+        sent), but reading stops first, so it goes past the limit by at most what already
+        waits in the unpacker: tcp_max_buffer_bytes per connection (plus what its gzip
+        requests inflate to).
+        """
         if self.stopping:
             return
         if self.transport is not None and not self.transport.is_closing():

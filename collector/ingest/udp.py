@@ -1,6 +1,8 @@
 """UDP ingest: one msgpack object per datagram, never a reply to events.
 
 A datagram of zero or one byte is a Fluentd forward heartbeat, answered with one byte 0x00.
+A forward request (an array whose first element is a str) is quarantined whole: Fluentd's
+forward protocol carries events over TCP only.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from typing import Any, cast
 
 import structlog
 
-from collector.codec import UNPACK_ERRORS, decode_object, unpack_datagram
+from collector.codec import UNPACK_ERRORS, Decoded, Rejection, decode_object, unpack_datagram
 from collector.config import Address
 from collector.events import normalise
+from collector.forward.request import is_forward_request
 from collector.ingest.core import Ingest, format_peer, now_ms, objects_in
 
 log = structlog.get_logger("collector.udp")
 
 HEARTBEAT_MAX_BYTES = 1
 HEARTBEAT_REPLY = b"\x00"
+FORWARD_OVER_UDP = "Fluentd forward requests need TCP"
 
 
 class UdpIngestProtocol(asyncio.DatagramProtocol):
@@ -62,7 +66,10 @@ class UdpIngestProtocol(asyncio.DatagramProtocol):
             else:
                 ingest.accept_row(row, len(data))
                 return
-        decoded = decode_object(obj, data, received_at, ingest.limits)
+        if is_forward_request(obj):
+            decoded = Decoded([], [Rejection(FORWARD_OVER_UDP, data)])
+        else:
+            decoded = decode_object(obj, data, received_at, ingest.limits)
         ingest.accept(decoded, len(data), lambda: format_peer("udp", addr), received_at)
 
     def _answer_heartbeat(self, addr: Any) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 from fluent import asyncsender, sender
 
 from collector.config import Address
@@ -206,3 +207,24 @@ async def test_events_and_heartbeats_from_one_sender_are_told_apart(db_path: Pat
         await wait_until(lambda: daemon.stats.events_stored == 1)
         await wait_until(lambda: daemon.stats.udp_heartbeats == 1)
     assert count_rows(db_path, where="action = 'still-native'") == 1
+
+
+async def test_a_forward_request_over_udp_is_quarantined_whole_once(db_path: Path) -> None:
+    message = msgpack.packb(["app", 1_441_588_984, {"k": 1}])
+    forward_mode = msgpack.packb(["app", [[1_441_588_984, {}], [1_441_588_985, {}]], {}])
+    async with running_daemon(db_path) as daemon:
+        assert daemon.udp_address is not None
+        send_udp(daemon.udp_address, message, forward_mode, {"action": "native"})
+        await wait_until(lambda: daemon.stats.quarantined == 2 and daemon.stats.events_stored == 1)
+        assert daemon.stats.events_rejected == 2
+        assert daemon.stats.decode_errors == 0
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT source, reason, raw FROM quarantine ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    assert [(reason, raw) for _, reason, raw in rows] == [
+        ("Fluentd forward requests need TCP", message),
+        ("Fluentd forward requests need TCP", forward_mode),
+    ]
+    assert all(source.startswith("udp:127.0.0.1:") for source, _, _ in rows)

@@ -53,14 +53,52 @@ async def everything_sent_back(client: TcpClient) -> bytes:
     return data
 
 
-def counters(daemon: Daemon) -> tuple[int, ...]:
-    stats = daemon.stats
-    return (
-        stats.decode_errors,
-        stats.forward_requests,
-        stats.tcp_truncated_bytes,
-        stats.events_received,
-    )
+SWEPT = (
+    "forward_requests",
+    "forward_events",
+    "events_received",
+    "tcp_objects_received",
+    "forward_requests_refused",
+    "decode_errors",
+    "tcp_connections_closed_on_error",
+    "tcp_truncated_bytes",
+    "tcp_discarded_bytes",
+)
+
+
+def counters(daemon: Daemon) -> dict[str, int]:
+    return {name: getattr(daemon.stats, name) for name in SWEPT}
+
+
+def outcome(before: dict[str, int], after: dict[str, int], size: int) -> str:
+    """Which of the four outcomes a corrupt request had; every counter that moved is
+    checked, and every byte sent is accounted for exactly once."""
+    moved = {name: after[name] - before[name] for name in SWEPT if after[name] != before[name]}
+    accounted = moved.get("tcp_truncated_bytes", 0) + moved.get("tcp_discarded_bytes", 0)
+    accounted += size * moved.get("tcp_objects_received", 0)
+    assert accounted == size, moved
+    outcomes = {
+        "stored": {
+            "forward_requests": 1,
+            "forward_events": 3,
+            "events_received": 3,
+            "tcp_objects_received": 1,
+        },
+        "refused": {
+            "tcp_objects_received": 1,
+            "forward_requests_refused": 1,
+            "decode_errors": 1,
+            "tcp_connections_closed_on_error": 1,
+        },
+        "not msgpack": {
+            "decode_errors": 1,
+            "tcp_connections_closed_on_error": 1,
+            "tcp_discarded_bytes": size,
+        },
+        "truncated": {"tcp_truncated_bytes": size},
+    }
+    [name] = [name for name, expected in outcomes.items() if moved == expected]
+    return name
 
 
 # --- corrupt and truncated requests --------------------------------------------------------
@@ -105,6 +143,7 @@ async def test_every_single_byte_corruption_leaves_the_daemon_healthy(db_path: P
     async with running_daemon(db_path) as daemon:
         assert daemon.tcp_address is not None
         await acked(daemon, request, "sweep")
+        outcomes: dict[str, int] = {}
         acks = 0
         for offset in range(len(request)):
             before = counters(daemon)
@@ -114,19 +153,27 @@ async def test_every_single_byte_corruption_leaves_the_daemon_healthy(db_path: P
             client.writer.write_eof()
             replies = msgpack.Unpacker(raw=True, strict_map_key=False)
             replies.feed(await everything_sent_back(client))  # the daemon always closes
-            for reply in replies:
-                assert set(reply) == {b"ack"}
-                acks += 1
+            sent_back = list(replies)
             await client.close()
-            # Every outcome is counted: refused, stored (maybe quarantined) or truncated.
-            assert counters(daemon) != before, offset
-        # A corrupt type byte is refused; inside an EventTime, event text or the chunk it
-        # still leaves a valid request, whose events are then stored or quarantined.
-        assert 0 < acks < len(request)
-        assert 0 < daemon.stats.decode_errors < len(request)
+            result = outcome(before, counters(daemon), len(corrupt))
+            outcomes[result] = outcomes.get(result, 0) + 1
+            # Only a stored request is acked, and only while its chunk is still "chunk".
+            assert all(set(reply) == {b"ack"} for reply in sent_back), offset
+            assert len(sent_back) <= (result == "stored"), offset
+            acks += len(sent_back)
+        # A corrupt type byte is not msgpack, or refuses the request when it is inside the
+        # blob; inside an EventTime, event text or the chunk it still leaves a valid
+        # request, whose events are then stored or quarantined; a corrupt blob length
+        # swallows the rest of the request.
+        assert set(outcomes) == {"stored", "refused", "not msgpack", "truncated"}, outcomes
+        assert 0 < acks <= outcomes["stored"]
         await acked(daemon, str_blob_request("still-serving"), "still-serving")
         await wait_until(lambda: daemon.stats.buffer_events == 0)
-        stored, quarantined = daemon.stats.events_stored, daemon.stats.quarantined
+        stats = daemon.stats
+        assert stats.forward_requests == outcomes["stored"] + 2
+        assert stats.events_received == stats.events_stored + stats.events_rejected
+        assert stats.events_duplicate == 0
+        stored, quarantined = stats.events_stored, stats.quarantined
     assert count_rows(db_path) == stored
     assert count_rows(db_path, "quarantine") == quarantined
     assert count_rows(db_path, where="json_extract(extra, '$.n') = 0") >= 2

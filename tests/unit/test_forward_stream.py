@@ -14,6 +14,7 @@ from collector.forward.handshake import Handshake
 from collector.forward.settings import ForwardSettings, forward_settings
 from collector.forward.stream import (
     MAX_OPENING_BYTES,
+    StreamDecoder,
     StreamOpening,
     ack_reply,
     forward_stream_unpacker,
@@ -61,6 +62,56 @@ def test_opening_decides_native_at_the_end_or_after_too_many_keepalives() -> Non
     opening = StreamOpening()
     assert opening.take(b"\xc0" * (MAX_OPENING_BYTES - 1)) is None
     assert opening.take(b"\xc0") == (False, b"\xc0" * MAX_OPENING_BYTES)
+
+
+# --- a connection's stream: every byte read is decoded, waiting, or given up ----------------
+
+
+def test_stream_decoder_reports_each_object_with_its_size_and_offset() -> None:
+    request = msgpack.packb(["app", 1, {}])
+    event = msgpack.packb({"action": "a"})
+    stream = StreamDecoder(1 << 20)
+    assert stream.feed(b"\xc0") is False  # a keepalive cannot tell the decoder yet
+    assert (stream.undecoded, stream.next_object()) == (1, None)
+    assert stream.feed(request + event[:3]) is True
+    assert stream.lenient is True
+    assert stream.next_object() == (None, 1, 0)
+    assert stream.next_object() == (["app", 1, {}], len(request), 1)
+    assert stream.next_object() is None  # the event is incomplete
+    assert (stream.decoded, stream.undecoded) == (1 + len(request), 3)
+    stream.feed(event[3:])
+    assert stream.next_object() == ({"action": "a"}, len(event), 1 + len(request))
+    assert stream.undecoded == 0
+
+
+def test_stream_decoder_discards_what_is_undecoded_once() -> None:
+    stream = StreamDecoder(1 << 20)
+    stream.feed(msgpack.packb({"action": "a"}) + b"\x81\xa1")
+    assert stream.lenient is False
+    assert stream.next_object() is not None
+    assert stream.discard() == 2
+    assert (stream.discard(), stream.undecoded) == (0, 0)
+    held = StreamDecoder(1 << 20)
+    held.feed(b"\xc0\xc0\x93")  # undecided: still held by the opening
+    assert held.discard() == 3
+    assert held.undecoded == 0
+
+
+def test_stream_decoder_counts_bytes_it_cannot_hold_as_read() -> None:
+    stream = StreamDecoder(1024)
+    stream.feed(b"\x92\xa1t")
+    with pytest.raises(msgpack.BufferFull):
+        stream.feed(b"x" * 2000)
+    assert stream.undecoded == 3 + 2000
+
+
+def test_stream_decoder_raises_on_bytes_that_are_not_msgpack() -> None:
+    stream = StreamDecoder(1024)
+    stream.feed(msgpack.packb({"action": "a"}) + b"\xc1rest")
+    assert stream.next_object() is not None
+    with pytest.raises(ValueError):
+        stream.next_object()
+    assert stream.undecoded == 5
 
 
 def test_forward_decoder_keeps_a_binary_str_blob_byte_exact() -> None:
