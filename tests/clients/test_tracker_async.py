@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import Literal
 
 import msgpack
 import pytest
 from collector_client import AsyncTracker
-from test_tracker_support import FIXED_CLOCK, WAIT, distinct_ids, stored_events, udp_receiver
+from test_tracker_support import (
+    FIXED_CLOCK,
+    WAIT,
+    distinct_ids,
+    stored_events,
+    udp_receiver,
+    wait_for,
+)
 
 from collector.config import Address
-from collector.testing import count_rows, running_daemon, wait_until
+from collector.testing import DaemonProcess, count_rows, running_daemon, wait_until
 
 QUICK_RETRY = {"backoff_initial": 0.02, "backoff_max": 0.2}
 
@@ -157,10 +165,54 @@ async def test_a_datagram_that_fills_up_goes_out_from_track() -> None:
     assert all(len(datagram) <= 1400 for datagram in received)
 
 
-def test_track_outside_an_event_loop_says_what_is_wrong() -> None:
+def test_track_outside_an_event_loop_raises_every_time_and_queues_nothing() -> None:
     with udp_receiver() as receiver:
         tracker = AsyncTracker("127.0.0.1", receiver.getsockname()[1])
-        with pytest.raises(RuntimeError, match="needs a running event loop"):
-            tracker.track("nowhere")
-        assert asyncio.run(tracker.close(WAIT)).complete  # in a loop, it goes out
-        assert msgpack.unpackb(receiver.recv(65536))[0]["action"] == "nowhere"
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="needs a running event loop"):
+                tracker.track("nowhere")
+        assert tracker.stats().queued == 0
+
+        async def in_a_loop() -> None:
+            tracker.track("somewhere")
+            assert (await tracker.close(WAIT)).complete
+
+        asyncio.run(in_a_loop())
+        assert msgpack.unpackb(receiver.recv(65536))[0]["action"] == "somewhere"
+        assert (tracker.stats().queued, tracker.stats().sent) == (1, 1)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_one_tracker_serves_two_event_loops_in_turn(
+    db_path: Path, transport: Literal["udp", "tcp"]
+) -> None:
+    # The first loop ends without close(), events still queued: the second loop gets a
+    # sender of its own, which sends them with its own.
+    daemon = DaemonProcess(db_path).start()
+    address = daemon.udp if transport == "udp" else daemon.tcp
+    assert address is not None
+    tracker = AsyncTracker("127.0.0.1", address.port, transport, linger_ms=60_000)
+
+    async def first() -> None:
+        for i in range(10):
+            tracker.track("first", value=i)
+        assert (await tracker.flush(WAIT)).complete
+        for i in range(10, 20):
+            tracker.track("first", value=i)  # left queued when the loop ends
+
+    async def second() -> None:
+        for i in range(10):
+            tracker.track("second", value=i)
+        assert (await tracker.flush(WAIT)).complete
+        assert (await tracker.close(WAIT)).complete
+
+    try:
+        asyncio.run(first())
+        asyncio.run(second())
+        wait_for(lambda: count_rows(db_path) >= 30)
+    finally:
+        daemon.stop()
+    stats = tracker.stats()
+    done = stats.sent if transport == "udp" else stats.acknowledged
+    assert (stats.queued, done, stats.dropped, stats.pending) == (30, 30, 0, 0)
+    assert count_rows(db_path) == 30 and distinct_ids(db_path) == 30

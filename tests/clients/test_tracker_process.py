@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -66,6 +69,77 @@ def test_parent_and_forked_child_each_send_their_own_events_once(
     assert tracker.stats().queued == 200
 
 
+def reap(pids: list[int], within: float) -> list[int]:
+    """Wait for the children without blocking on any one of them; return the exit codes.
+    Those still running after `within` seconds are killed, and the test fails."""
+    codes: dict[int, int] = {}
+    deadline = time.monotonic() + within
+    while len(codes) < len(pids) and time.monotonic() < deadline:
+        for pid in pids:
+            if pid not in codes:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+        threading.Event().wait(0.01)
+    hung = [pid for pid in pids if pid not in codes]
+    for pid in hung:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert not hung, f"{len(hung)} of {len(pids)} forked children hung"
+    return [codes[pid] for pid in pids]
+
+
+def track_in_child_and_exit(tracker: Tracker, child: int) -> None:
+    """A forked child's own 20 events, sent by its own sender; exit 0 once acknowledged."""
+    complete = False
+    try:
+        for i in range(20):
+            tracker.track("child", user_id=child, value=i)
+        complete = tracker.flush(WAIT).complete and tracker.stats().queued == 20
+    finally:
+        os._exit(0 if complete else 1)
+
+
+def test_a_fork_while_threads_track_over_tcp_never_hangs_the_child(
+    daemon: DaemonProcess,
+) -> None:
+    # Small batches: the tracking threads are often inside assist(), holding the sender's
+    # lock, the queue's lock or the Packer, when the main thread forks.
+    tracker = Tracker(
+        "127.0.0.1", port_of(daemon, "tcp"), "tcp", batch_size=10, max_queue=10_000_000
+    )
+    stop = threading.Event()
+    tracked = [0, 0, 0]
+
+    def work(n: int) -> None:
+        while not stop.is_set():
+            tracker.track(f"thread{n}", value=tracked[n])
+            tracked[n] += 1
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    pids = []
+    try:
+        for child in range(50):
+            if pid := os.fork():
+                pids.append(pid)
+            else:
+                track_in_child_and_exit(tracker, child)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(WAIT)
+    assert reap(pids, WAIT) == [0] * 50
+    assert tracker.flush(WAIT).complete
+    stats = tracker.stats()
+    tracker.close()
+    assert (stats.queued, stats.acknowledged, stats.dropped) == (sum(tracked),) * 2 + (0,)
+    expected = sum(tracked) + 50 * 20
+    assert count_rows(daemon.db) == expected and distinct_ids(daemon.db) == expected
+    assert count_rows(daemon.db, where="action = 'child'") == 50 * 20
+
+
 def test_multiprocessing_children_flush_when_they_end(daemon: DaemonProcess) -> None:
     # They end with os._exit(), which skips atexit: the tracker hooks multiprocessing's exit.
     tracker = Tracker("127.0.0.1", port_of(daemon, "tcp"), "tcp", linger_ms=60_000)
@@ -95,65 +169,105 @@ def run_python(code: str, timeout: float = WAIT) -> subprocess.CompletedProcess[
     )
 
 
+# The exit flush ends when all is sent or acknowledged, not at exit_timeout: a process that
+# waited for it (60 s) would miss run_python's timeout (30 s).
+EXIT_TIMEOUT, EXITS_WITHIN = 60, 30
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_what_is_queued_is_sent_when_the_interpreter_exits(
     daemon: DaemonProcess, transport: Transport
 ) -> None:
-    finished = run_python(f"""
+    finished = run_python(
+        f"""
         from collector_client import Tracker
         tracker = Tracker("127.0.0.1", {port_of(daemon, transport)}, "{transport}",
-                          linger_ms=60_000)
+                          linger_ms=60_000, exit_timeout={EXIT_TIMEOUT})
         for i in range(500):
             tracker.track("at_exit", value=i)
-    """)
+        """,
+        timeout=EXITS_WITHIN,
+    )
     assert finished.returncode == 0, finished.stderr
     wait_for(lambda: count_rows(daemon.db) >= 500)
     assert sorted(e["value"] for e in stored_events(daemon.db)) == list(range(500))
 
 
-def test_an_async_tracker_left_open_is_flushed_at_exit(daemon: DaemonProcess) -> None:
-    finished = run_python(f"""
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_an_async_tracker_left_open_is_flushed_at_exit(
+    daemon: DaemonProcess, transport: Transport
+) -> None:
+    finished = run_python(
+        f"""
         import asyncio
         from collector_client import AsyncTracker
 
         async def main():
-            tracker = AsyncTracker("127.0.0.1", {port_of(daemon, "tcp")}, "tcp",
-                                   linger_ms=60_000)
+            tracker = AsyncTracker("127.0.0.1", {port_of(daemon, transport)}, "{transport}",
+                                   linger_ms=60_000, exit_timeout={EXIT_TIMEOUT})
             for i in range(300):
                 tracker.track("left_open", value=i)
 
         asyncio.run(main())
-    """)
+        """,
+        timeout=EXITS_WITHIN,
+    )
     assert finished.returncode == 0, finished.stderr
-    assert count_rows(daemon.db) == 300  # acknowledged before the process ended
+    if transport == "udp":
+        wait_for(lambda: count_rows(daemon.db) >= 300)
+    assert count_rows(daemon.db) == 300  # over TCP, acknowledged before the process ended
 
 
-def test_a_signal_handler_may_track_while_track_is_interrupted() -> None:
-    finished = run_python("""
-        import signal, socket
-        from collector_client import Tracker
+SIGNALS = """
+import signal, socket
+from collector_client import Tracker
 
-        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        receiver.bind(("127.0.0.1", 0))
-        tracker = Tracker("127.0.0.1", receiver.getsockname()[1], "udp", max_queue=1_000_000,
-                          caller_sends=False, linger_ms=60_000)
-        handled = 0
+transport, tcp_port, caller_sends, loops, wait = "{}", {}, {}, {}, {}
+receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+receiver.bind(("127.0.0.1", 0))
+port = receiver.getsockname()[1] if transport == "udp" else tcp_port
+tracker = Tracker("127.0.0.1", port, transport, max_queue=1_000_000,
+                  caller_sends=caller_sends, linger_ms=60_000)
+handled = 0
 
-        def on_alarm(signum, frame):
-            global handled
-            handled += 1
-            tracker.track("alarm")
+def on_alarm(signum, frame):
+    global handled
+    handled += 1
+    tracker.track("alarm", value=handled)
 
-        signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
-        for i in range(200_000):
-            tracker.track("loop", value=i)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        assert handled > 0 and tracker.stats().queued == 200_000 + handled
-        tracker.close(0)
-        print("ok")
-    """)
-    assert (finished.returncode, finished.stdout.strip()) == (0, "ok"), finished.stderr
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+for i in range(loops):
+    tracker.track("loop", value=i)
+signal.setitimer(signal.ITIMER_REAL, 0)
+complete = tracker.flush(wait).complete
+s = tracker.stats()
+done = s.sent if transport == "udp" else s.acknowledged
+print(handled, complete, s.queued, done, s.dropped, s.pending, s.sent)
+tracker.close(0)
+"""
+
+
+@pytest.mark.parametrize(
+    ("transport", "caller_sends", "loops"),
+    [("udp", False, 200_000), ("udp", True, 200_000), ("tcp", True, 100_000)],
+)
+def test_a_signal_handler_may_track_while_track_is_interrupted(
+    daemon: DaemonProcess, transport: Transport, caller_sends: bool, loops: int
+) -> None:
+    # A SIGALRM every 0.5 ms lands anywhere: inside track() with the lock held, inside a send
+    # made by track() (caller_sends), between two sections. Every event must be counted once
+    # and sent once: over UDP to a socket that is never read, over TCP to the daemon.
+    port = port_of(daemon, "tcp")
+    finished = run_python(SIGNALS.format(transport, port, caller_sends, loops, WAIT))
+    assert finished.returncode == 0, finished.stderr
+    handled, complete, queued, done, dropped, pending, sent = finished.stdout.split()
+    assert int(handled) > 0 and complete == "True"
+    assert int(queued) == loops + int(handled)
+    assert (int(done), int(dropped), int(pending), int(sent)) == (int(queued), 0, 0, int(queued))
+    if transport == "tcp":  # acknowledged, so stored: each event once
+        assert count_rows(daemon.db) == distinct_ids(daemon.db) == int(queued)
+        assert count_rows(daemon.db, where="action = 'alarm'") == int(handled)
 
 
 def send(*args: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
@@ -199,6 +313,17 @@ def test_send_over_tcp_fails_when_no_ack_comes() -> None:
     assert finished.returncode == 2
     assert f"no acknowledgement from 127.0.0.1:{port} within 0.5 s" in finished.stderr
     assert "refused" in finished.stderr
+
+
+def test_send_over_tcp_says_when_the_event_is_too_large() -> None:
+    # More than max_batch_bytes (1 MiB) in arguments of at most 128 KiB each; nothing listens,
+    # and nothing needs to: the event never leaves.
+    extras = [arg for n in range(9) for arg in ("--extra", f"pad{n}={'x' * 120_000}")]
+    with refused_tcp_port() as port:
+        finished = send("huge", *extras, "--tcp", "--port", str(port))
+    assert finished.returncode == 2
+    assert finished.stderr.startswith("event too large, not sent: event 'huge' dropped: ")
+    assert "more than max_batch_bytes (1048576)" in finished.stderr
 
 
 def test_send_refuses_an_extra_without_a_value() -> None:

@@ -56,6 +56,18 @@ def refused_tcp_port() -> Iterator[int]:
 
 
 @contextmanager
+def unreachable_udp_port() -> Iterator[int]:
+    """A loopback UDP port where nothing receives: held by a socket connected elsewhere,
+    which takes datagrams from its peer only, so that the kernel answers the others with
+    "port unreachable" (a send error on the sender's next datagram)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+        sock.connect(("127.0.0.1", port ^ 1))
+        yield port
+
+
+@contextmanager
 def udp_receiver() -> Iterator[socket.socket]:
     """A bound loopback UDP socket standing in for the daemon, to look at the datagrams."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

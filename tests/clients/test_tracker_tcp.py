@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from collector_client import Tracker
+from collector_client import Tracker, TrackerError
+from collector_client._wire import AckReader
 from test_tracker_support import (
     FIXED_CLOCK,
     WAIT,
@@ -36,13 +41,6 @@ def tcp_tracker(port: int, **options: Any) -> Tracker:
 async def flush(tracker: Tracker) -> None:
     result = await asyncio.to_thread(tracker.flush, WAIT)
     assert result.complete and result.pending == 0
-
-
-async def free_port(db_path: Path) -> int:
-    """The port a daemon had, free again: to start the tracker while nothing listens."""
-    async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        return daemon.tcp_address.port
 
 
 async def test_acknowledged_events_are_in_the_database_with_exact_fields(db_path: Path) -> None:
@@ -118,13 +116,16 @@ async def test_an_idle_connection_closed_by_the_daemon_is_no_error(db_path: Path
 async def test_a_full_queue_drops_as_configured_and_counts(
     db_path: Path, overflow: str, kept: range
 ) -> None:
-    port = await free_port(db_path)
-    tracker = tcp_tracker(port, max_queue=100, overflow=overflow)
-    for i in range(250):
-        tracker.track("queued", value=i)
-    stats = tracker.stats()
-    assert (stats.queued, stats.dropped, stats.pending, stats.sent) == (250, 150, 100, 0)
-    async with running_daemon(db_path, tcp=Address("127.0.0.1", port)):
+    async with running_daemon(db_path) as daemon:
+        assert daemon.tcp_address is not None
+        # The 100 events that fit wait in one open batch, due in a minute: none leaves before
+        # flush(), whatever the sender thread does meanwhile.
+        port = daemon.tcp_address.port
+        tracker = tcp_tracker(port, max_queue=100, overflow=overflow, linger_ms=60_000)
+        for i in range(250):
+            tracker.track("queued", value=i)
+        stats = tracker.stats()
+        assert (stats.queued, stats.dropped, stats.pending, stats.sent) == (250, 150, 100, 0)
         await flush(tracker)
         tracker.close()
     assert [row["value"] for row in stored_events(db_path)] == list(kept)
@@ -245,10 +246,11 @@ async def test_a_batch_without_ack_is_sent_again_with_the_same_ids(
     silent_peer: tuple[int, SilentPeer],
 ) -> None:
     port, peer = silent_peer
-    tracker = tcp_tracker(port, ack_timeout=0.2)
+    tracker = tcp_tracker(port, ack_timeout=0.2, linger_ms=60_000)
     for i in range(3):
         tracker.track("unanswered", value=i)
-    await asyncio.to_thread(tracker.flush, 0.0)  # send now, without the linger time
+    # flush(0.0) returns at once, and what it found queued is due: sent without the linger.
+    assert not await asyncio.to_thread(tracker.flush, 0.0)
     await wait_until(lambda: len(peer.envelopes()) >= 3, within=WAIT)
     tracker.close(0)
     envelopes = peer.envelopes()
@@ -286,3 +288,92 @@ def test_many_threads_track_at_once_and_every_event_is_stored_once(db_path: Path
     assert (stats.queued, stats.acknowledged, stats.dropped) == (16_000, 16_000, 0)
     assert count_rows(db_path) == 16_000 and distinct_ids(db_path) == 16_000
     assert count_rows(db_path, where="action = 't3'") == 2000
+
+
+GARBAGE_PEER = """
+import socket, sys, threading
+
+def answer(conn):
+    with conn:
+        while conn.recv(65536):
+            conn.sendall(b"\\xc1")  # a byte msgpack never uses
+
+server = socket.socket(fileno=int(sys.argv[1]))
+while True:
+    threading.Thread(target=answer, args=(server.accept()[0],), daemon=True).start()
+"""
+
+
+@contextmanager
+def garbage_peer() -> Iterator[int]:
+    """A TCP peer that answers whatever it receives with garbage, in a process of its own so
+    that its replies arrive while this process is busy in track(). Its listening socket is
+    bound here and handed over: no port is left free in between."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        fd = server.fileno()
+        peer = subprocess.Popen([sys.executable, "-c", GARBAGE_PEER, str(fd)], pass_fds=[fd])
+        try:
+            yield server.getsockname()[1]
+        finally:
+            peer.kill()
+            peer.wait()
+
+
+def test_a_reply_that_is_not_msgpack_is_a_tracker_error() -> None:
+    tracker = Tracker("127.0.0.1", 9, "tcp")  # never started
+    for garbage in (b"\xc1", b"\xdb" + (1 << 20).to_bytes(4, "big") + b"x" * 70_000):
+        with pytest.raises(TrackerError, match="not msgpack"):
+            AckReader(tracker).feed(garbage)
+
+
+def test_a_peer_that_answers_garbage_never_makes_track_raise() -> None:
+    reported: list[Exception] = []
+    with garbage_peer() as port:
+        # Batches of one: track() itself writes each, and reads the replies that came.
+        tracker = tcp_tracker(
+            port, batch_size=1, backoff_initial=0.01, backoff_max=0.02, on_error=reported.append
+        )
+        for i in range(100_000):
+            tracker.track("answered", value=i)  # raises nothing, whatever comes back
+            if tracker.stats().errors >= 20:
+                break
+        wait_for(lambda: tracker.stats().errors >= 20)
+        stats = tracker.stats()
+        tracker.close(0)
+    assert stats.acknowledged == 0
+    # Each garbage reply drops the connection, counted; on_error hears of one a second.
+    assert 1 <= len(reported) < stats.errors
+    assert isinstance(reported[0], TrackerError) and "not msgpack" in str(reported[0])
+
+
+def test_a_batch_the_daemon_always_refuses_is_split_then_its_event_dropped(
+    db_path: Path,
+) -> None:
+    # The daemon closes any connection that sends it an object over 1024 bytes: batches of
+    # about 8 KB are split until they fit; the one event that never fits is dropped.
+    daemon = DaemonProcess(db_path, ["--tcp-max-buffer-bytes", "1024"]).start()
+    assert daemon.tcp is not None
+    reported: list[Exception] = []
+    tracker = tcp_tracker(
+        daemon.tcp.port, max_batch_bytes=8192, max_in_flight=1, max_attempts=2,
+        backoff_initial=0.01, backoff_max=0.05, on_error=reported.append,
+    )  # fmt: skip
+    try:
+        for i in range(100):
+            tracker.track("fits", value=i, extra={"pad": "x" * 80})
+            if i == 50:
+                tracker.track("huge", id="huge-1", extra={"pad": "x" * 1500})
+        assert tracker.flush(WAIT).complete
+        stats = tracker.stats()
+    finally:
+        tracker.close(0)
+        daemon.stop()
+    assert (stats.queued, stats.acknowledged, stats.dropped, stats.pending) == (101, 100, 1, 0)
+    assert stats.sent == 101 and stats.retries > 0
+    assert count_rows(db_path) == 100 and distinct_ids(db_path) == 100
+    assert sorted(row["value"] for row in stored_events(db_path)) == list(range(100))
+    [dropped] = [error for error in reported if isinstance(error, TrackerError)]
+    assert "'huge' (id 'huge-1') dropped" in str(dropped)
+    assert "tcp_max_buffer_bytes" in str(dropped)

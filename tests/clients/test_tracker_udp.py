@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +13,13 @@ from typing import Any
 import msgpack
 import pytest
 from collector_client import Tracker, TrackerError
-from test_tracker_support import FIXED_CLOCK, WAIT, stored_events, udp_receiver
+from test_tracker_support import (
+    FIXED_CLOCK,
+    WAIT,
+    stored_events,
+    udp_receiver,
+    unreachable_udp_port,
+)
 
 from collector.daemon import Daemon
 from collector.testing import count_rows, running_daemon, wait_until
@@ -172,19 +177,26 @@ def test_the_on_error_handler_may_fail_without_stopping_anything() -> None:
 
 
 def test_track_keeps_going_and_counts_everything_while_nothing_listens() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    tracker = Tracker("127.0.0.1", port, "udp", max_queue=1000)
-    calls = threading.Thread(target=lambda: [tracker.track("lost", value=i) for i in range(10_000)])
-    calls.start()
-    calls.join(WAIT)
-    assert not calls.is_alive()
-    assert tracker.flush(WAIT).complete
-    stats = tracker.stats()
-    tracker.close()
+    with unreachable_udp_port() as port:
+        tracker = Tracker("127.0.0.1", port, "udp", max_queue=1000)
+        calls = threading.Thread(
+            target=lambda: [tracker.track("lost", value=i) for i in range(10_000)]
+        )
+        calls.start()
+        calls.join(WAIT)
+        assert not calls.is_alive()
+        assert tracker.flush(WAIT).complete
+        stats = tracker.stats()
+        tracker.close()
     assert stats.queued == 10_000
     assert stats.sent + stats.dropped == 10_000 and stats.pending == 0
+    assert stats.errors > 0  # "port unreachable": each failed datagram dropped and counted
+
+
+@pytest.mark.parametrize("port", [-1, 65_536, "24224", 1.5])
+def test_a_port_out_of_range_is_refused_at_once(port: Any) -> None:
+    with pytest.raises(ValueError, match="port must be an int, 0 to 65535"):
+        Tracker("127.0.0.1", port)
 
 
 async def test_a_full_queue_drops_the_newest_and_counts_them(db_path: Path) -> None:

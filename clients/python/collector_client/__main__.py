@@ -5,7 +5,8 @@
 Over UDP (the default) the event is sent and the command exits 0; nothing can say whether it
 arrived. With --tcp it waits for the daemon's acknowledgement: exit 0 when the event is
 stored (or was already, same --id), 1 when the daemon rejected it as invalid (it is in
-quarantine), 2 when no acknowledgement came within --timeout (or the arguments are wrong).
+quarantine), 2 when no acknowledgement came within --timeout, or the event is too large to
+send at all (or the arguments are wrong).
 
 Values that look like numbers are sent as numbers: `--value 42` is the integer 42,
 `--value 2.5` a float, anything else a string. `--extra KEY=VALUE` follows the same rule.
@@ -90,6 +91,10 @@ def send(options: argparse.Namespace) -> int:
     tracker.track(
         options.action, user_id=options.user, value=options.value, extra=extra, id=options.id
     )
+    if tracker.stats().dropped:  # refused by track(): the arguments make a number or a str
+        tracker.close(0)
+        print(f"event too large, not sent: {errors[0]}", file=sys.stderr)
+        return EXIT_NOT_DELIVERED
     tracker.close(options.timeout)
     stats = tracker.stats()
     if options.tcp and stats.acknowledged == 1:

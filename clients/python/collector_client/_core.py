@@ -10,6 +10,14 @@ Every event given to `track()` is counted once in `queued` and ends in exactly o
 numbered in order (the newest is `_accepted`): the queue always holds a contiguous run of
 numbers ending at `_accepted` and the TCP batches in flight hold older runs, so `flush()` tells
 whether everything accepted before it was called is done by comparing numbers.
+
+Signal handlers: Python runs a handler between two bytecodes of the thread it interrupts,
+which may be inside the queue's lock, halfway through changing the queue. Code that changes
+the queue or the counters therefore runs in a *section* (`track()`'s own, or `with
+self._section`), which marks the queue `_busy`. A track() that finds it busy can only be a
+handler interrupting that same thread (the lock is reentrant for it, and for it alone): its
+event waits, packed, in `_deferred` (a deque: appending is atomic) and the interrupted
+section takes it in before it ends. Only track() may be called from a signal handler.
 """
 
 from __future__ import annotations
@@ -18,8 +26,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 
@@ -29,48 +36,77 @@ from collector_client._settings import (
     MAX_UDP_PAYLOAD,
     SENT_AT_VALUE_BYTES,
     ErrorHandler,
-    FlushResult,
     Settings,
-    TrackerStats,
+    TrackerError,
     batch_budget,
     datagram_budget,
     refusal,
 )
 
 MAX_DATAGRAM_EVENTS = 0xFFFF  # an array 16 header
-WAS_IDLE, SEALED = 1, 2  # what track() tells the sender
-
-
-class Sending(NamedTuple):
-    """What `_send_chunk` did: `done`, a chunk left the queue (sent, or dropped with `error`);
-    else `wait` seconds until the open chunk is due (-1: the queue is empty), or `blocked`,
-    the socket had no room."""
-
-    done: bool
-    wait: float
-    blocked: bool = False
-    error: OSError | None = None
-
-
-SEND_ERROR_REPORT_INTERVAL = 1.0  # seconds
+# What a section tells the code that leaves it: the sender was idle (wake it), a chunk is
+# ready (send it), an event was refused (report it).
+WAS_IDLE, SEALED, REFUSED = 1, 2, 4
+REPORT_INTERVAL = 1.0  # seconds: on_error hears of one such failure per interval at most
+SEND_ERRORS = "send"  # the throttling key of all send and connection errors
+MAX_THROTTLE_KEYS = 64
 
 
 class Batch:
     """TCP: events taken from the queue together into one envelope, until acknowledged.
 
     `events` are packed events without their sent_at value; `first_seq..last_seq` are their
-    numbers in the queue.
+    numbers in the queue. `attempts` counts transmissions, `connection` is the one it was
+    last written on, `failures` the connections that failed while it was the oldest in flight
+    (see `_failed_attempt`).
     """
 
-    __slots__ = ("attempts", "events", "first_seq", "last_seq", "sent_time", "token")
+    __slots__ = (
+        "attempts", "connection", "events", "failures", "first_seq", "last_seq", "sent_time",
+        "token",
+    )  # fmt: skip
 
-    def __init__(self, events: list[bytes], first_seq: int) -> None:
+    def __init__(self, events: list[bytes], first_seq: int, attempts: int = 0) -> None:
         self.events = events
         self.first_seq = first_seq
         self.last_seq = first_seq + len(events) - 1
-        self.attempts = 0
+        self.attempts = attempts
+        self.connection = 0  # none yet
+        self.failures = 0
         self.token = ""
         self.sent_time = 0.0
+
+
+class Section:
+    """`with queue._section:` holds the queue's lock for code that changes the queue or the
+    counters; events that a signal handler tracks meanwhile are taken in as it ends."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self, queue: EventQueue) -> None:
+        self.queue = queue
+
+    def __enter__(self) -> None:
+        queue = self.queue
+        queue._lock.acquire()
+        if queue._busy:  # a handler called more than track(): unsupported, but no deadlock
+            queue._nested += 1
+        else:
+            queue._busy = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        queue = self.queue
+        if queue._nested:
+            queue._nested -= 1
+            queue._lock.release()
+            return
+        signal = 0
+        try:
+            signal = queue._end_section()
+        finally:
+            queue._lock.release()
+        if signal:
+            queue._after_deferred(signal)
 
 
 class EventQueue:
@@ -85,9 +121,6 @@ class EventQueue:
         self.settings = settings
         self.on_error = on_error
         self._clock = settings.clock
-        # Used under the lock: a Packer is not thread-safe, and one per call costs more than
-        # the packing. An aware datetime (as ts or in extra) goes out as a msgpack Timestamp.
-        self._pack = msgpack.Packer(datetime=True).pack
         self._drop_oldest = settings.overflow == "drop_oldest"
         if settings.transport == "udp":
             self._chunk_events = MAX_DATAGRAM_EVENTS
@@ -104,11 +137,19 @@ class EventQueue:
         register(self)
 
     def _reset(self) -> None:
-        """A fresh queue and counters: at creation, and in a forked child."""
-        # Reentrant: a signal handler that tracks an event may interrupt track() in the
-        # same thread, inside the lock.
+        """A fresh queue, counters and locks: at creation, and in a forked child, where the
+        parent's threads may have held the locks or been halfway through a pack."""
+        # Reentrant for a signal handler's track() only: see the module's docstring.
         self._lock = threading.RLock()
         self._progressed = threading.Condition(self._lock)
+        self._section = Section(self)
+        self._busy = False
+        self._nested = 0
+        self._deferred: deque[bytes | TrackerError] = deque()
+        self._refusals: list[TrackerError] = []
+        # Used in sections only: a Packer is not thread-safe, and one per call costs more
+        # than the packing. An aware datetime (as ts or in extra) goes out as a Timestamp.
+        self._pack = msgpack.Packer(datetime=True).pack
         self._sealed: deque[list[bytes]] = deque()
         self._open: list[bytes] = []
         self._open_bytes = 0  # with the sent_at values
@@ -117,11 +158,12 @@ class EventQueue:
         # A closed tracker has no room: every event is dropped and counted.
         self._capacity = 0 if self._closed else self.settings.max_queue
         self._accepted = 0
+        self._due_through = 0  # events numbered up to this are due now: flush() asked for them
         self._idle = True  # the sender does not know about queued events: wake it
         self._first_waiting: float | None = None
         self._flushers = 0
         self._closing = False
-        self._last_send_error = -SEND_ERROR_REPORT_INTERVAL
+        self._last_reports: dict[str, float] = {}
         self._queued = self._sent = self._acknowledged = self._rejected = 0
         self._dropped = self._retries = self._errors = self._oversized = 0
 
@@ -151,27 +193,93 @@ class EventQueue:
             event["extra"] = extra
         event["sent_at"] = 0.0  # last: the sender writes the send time over its value
         with self._lock:
-            self._queued += 1
-            try:
-                data = self._pack(event)[:-SENT_AT_VALUE_BYTES]
-            except Exception:  # whatever the app put in it costs this event only
-                data = b""
-            size = len(data) + SENT_AT_VALUE_BYTES
-            if not data or size > self._max_event_bytes:
-                self._dropped += 1
-            elif not (signal := self._enqueue(data, size)):
+            if self._busy:  # a signal handler that interrupted this thread in a section
+                self._defer(event)
                 return
-        if not data or size > self._max_event_bytes:
-            self._report(refusal(event, size, self.settings))
-            return
+            self._busy = True
+            signal = 0
+            try:
+                signal = self._accept(event)
+            finally:  # as _end_section(), quicker when no handler ran: the usual case
+                if self._deferred:
+                    signal |= self._end_section()
+                else:
+                    self._busy = False
+                    if self._deferred:  # a handler just ran, with _busy still set
+                        self._busy = True
+                        signal |= self._end_section()
+        if signal:
+            self._after_track(signal)
+
+    def _accept(self, event: dict[str, Any]) -> int:
+        """Count the event and queue it, or drop it (in a section); return the signal."""
+        self._queued += 1
+        try:
+            data = self._pack(event)[:-SENT_AT_VALUE_BYTES]
+        except Exception:  # whatever the app put in it costs this event only
+            data = b""
+        size = len(data) + SENT_AT_VALUE_BYTES
+        if data and size <= self._max_event_bytes:
+            return self._enqueue(data, size)
+        self._dropped += 1
+        self._refusals.append(refusal(event, size, self.settings))
+        return REFUSED
+
+    def _after_track(self, signal: int) -> None:
+        if signal & REFUSED:
+            self._report_refusals()
         if signal & SEALED and self._caller_sends:
             self._assist()
-            if not signal & WAS_IDLE:
-                return
-        self._wake()
+            signal &= ~SEALED
+        if signal & (WAS_IDLE | SEALED):
+            self._wake()
+
+    def _defer(self, event: dict[str, Any]) -> None:
+        """track() in a signal handler while its thread is in a section: nothing of the
+        queue may change now. A Packer of its own, since the section may be packing."""
+        try:
+            data = msgpack.Packer(datetime=True).pack(event)[:-SENT_AT_VALUE_BYTES]
+        except Exception:
+            data = b""
+        size = len(data) + SENT_AT_VALUE_BYTES
+        ok = data and size <= self._max_event_bytes
+        self._deferred.append(data if ok else refusal(event, size, self.settings))
+
+    def _end_section(self) -> int:
+        """Take in the deferred events and leave the section (lock held); return the signal.
+        A handler that runs once `_busy` is cleared tracks as usual: nothing is left half
+        done, and the lock is reentrant."""
+        signal = 0
+        while True:
+            while self._deferred:
+                item = self._deferred.popleft()
+                self._queued += 1
+                if isinstance(item, TrackerError):
+                    self._dropped += 1
+                    self._refusals.append(item)
+                    signal |= REFUSED
+                else:
+                    signal |= self._enqueue(item, len(item) + SENT_AT_VALUE_BYTES)
+            self._busy = False
+            if not self._deferred:
+                return signal
+            self._busy = True
+
+    def _after_deferred(self, signal: int) -> None:
+        """A section other than track()'s took in events a signal handler tracked."""
+        if signal & REFUSED:
+            self._report_refusals()
+        if signal & (WAS_IDLE | SEALED):
+            self._wake_soon()
+
+    def _report_refusals(self) -> None:
+        with self._lock:
+            refusals, self._refusals = self._refusals, []
+        for error in refusals:
+            self._report(error)
 
     def _enqueue(self, data: bytes, size: int) -> int:
-        """Add a packed event (lock held). Return what the sender must hear of: WAS_IDLE,
+        """Add a packed event (in a section). Return what the sender must hear of: WAS_IDLE,
         SEALED (a chunk is ready), both, or 0."""
         if self._length >= self._capacity:
             self._dropped += 1
@@ -197,7 +305,7 @@ class EventQueue:
         return signal
 
     def _evict_oldest(self) -> None:
-        """drop_oldest: the oldest queued event makes room (lock held, queue not empty)."""
+        """drop_oldest: the oldest queued event makes room (in a section, queue not empty)."""
         if self._sealed:
             del self._sealed[0][0]
             if not self._sealed[0]:
@@ -206,25 +314,15 @@ class EventQueue:
             self._open_bytes -= len(self._open.pop(0)) + SENT_AT_VALUE_BYTES
         self._length -= 1
 
-    def stats(self) -> TrackerStats:
-        with self._lock:
-            return TrackerStats(
-                queued=self._queued,
-                sent=self._sent,
-                acknowledged=self._acknowledged,
-                rejected=self._rejected,
-                dropped=self._dropped,
-                retries=self._retries,
-                errors=self._errors,
-                oversized=self._oversized,
-                pending=self._pending_through(self._accepted),
-            )
-
     # Hooks for the subclasses.
 
     def _wake(self) -> None:
         """Tell the sender there is work (start it on first use)."""
         raise NotImplementedError
+
+    def _wake_soon(self) -> None:
+        """Events came in outside track(): tell the sender, from any thread."""
+        self._wake()
 
     def _assist(self) -> None:
         """A chunk is full: send it from the calling thread, without waiting."""
@@ -239,124 +337,26 @@ class EventQueue:
     def _close_at_exit(self) -> None:
         raise NotImplementedError
 
-    # For the senders.
-
-    def _take(self, now: float, sealed_only: bool = False) -> tuple[Batch | None, float]:
-        """TCP: the next chunk to send, as a batch in flight; or (None, seconds until the open
-        chunk is due); or (None, -1.0) when the queue is empty: the sender is then idle and
-        track() will wake it."""
-        with self._lock:
-            if self._sealed:
-                events = self._sealed.popleft()
-            elif not self._open or sealed_only:
-                if not self._open:
-                    self._first_waiting = None
-                    self._idle = True
-                return None, -1.0
-            else:
-                wait = self._linger_left(now)
-                if wait > 0:
-                    return None, wait
-                events, self._open, self._open_bytes = self._open, [], 0
-                self._first_waiting = None
-            batch = Batch(events, self._accepted - self._length + 1)
-            self._length -= len(events)
-            self._in_flight.append(batch)
-            return batch, 0.0
-
-    def _send_chunk(
-        self, send: Callable[[list[bytes]], object], now: float, sealed_only: bool = False
-    ) -> Sending:
-        """UDP: send the next chunk that is due with `send`, which must not wait
-        (MSG_DONTWAIT, or an asyncio transport), for any thread.
-
-        The lock is held through the send, so datagrams leave in order whichever thread
-        sends them, and the counters never see a chunk neither queued nor sent. A send error
-        drops the chunk (counted); a socket with no room leaves it queued (`blocked`).
-        """
-        with self._lock:
-            if self._sealed:
-                events = self._sealed[0]
-            elif sealed_only or not self._open:
-                if not self._open:
-                    self._first_waiting = None
-                    self._idle = True
-                return Sending(False, -1.0)
-            else:
-                wait = self._linger_left(now)
-                if wait > 0:
-                    return Sending(False, wait)
-                events = self._open
-            try:
-                send(events)
-            except BlockingIOError:
-                return Sending(False, 0.0, blocked=True)
-            except OSError as error:
-                self._dropped += len(events)
-                outcome = Sending(True, 0.0, error=error)
-            else:
-                self._sent += len(events)
-                self._oversized += is_oversized(events, self._chunk_bytes)
-                outcome = Sending(True, 0.0)
-            self._remove_chunk(events)
-            return outcome
-
-    def _remove_chunk(self, events: list[bytes]) -> None:
-        """The oldest chunk is gone, sent or dropped (lock held)."""
-        if self._sealed and self._sealed[0] is events:
-            self._sealed.popleft()
-        else:
-            self._open, self._open_bytes, self._first_waiting = [], 0, None
-        self._length -= len(events)
-        if self._flushers:
-            self._notify_progress()
-
-    def _linger_left(self, now: float) -> float:
-        """Seconds before the open chunk is due (lock held)."""
-        if self._flushers or self._closing:
-            return 0.0
-        if self._first_waiting is None:
-            self._first_waiting = now
-        return self._first_waiting + self._linger - now
-
-    def _idle_if_empty(self) -> bool:
-        """True when nothing is queued or in flight; the sender is then idle, and track()
-        will wake it."""
-        with self._lock:
-            if self._length or self._in_flight:
-                return False
-            self._idle = True
-            return True
-
-    def _oldest_in_flight(self) -> Batch | None:
-        with self._lock:
-            return self._in_flight[0] if self._in_flight else None
-
-    def _unacknowledged(self) -> list[Batch]:
-        with self._lock:
-            return list(self._in_flight)
-
-    def _in_flight_count(self) -> int:
-        return len(self._in_flight)
-
-    def _complete(self, batch: Batch, acknowledged: int, rejected: int) -> None:
-        """TCP: a batch is acknowledged; it leaves the flight and its events are counted."""
-        with self._lock:
-            if batch in self._in_flight:
-                self._in_flight.remove(batch)
-            self._acknowledged += acknowledged
-            self._rejected += rejected
-            self._notify_progress()
+    # Counters and failures.
 
     def _count(self, sent: int = 0, retries: int = 0, errors: int = 0) -> None:
-        with self._lock:
+        with self._section:
             self._sent += sent
             self._retries += retries
             self._errors += errors
 
-    def _report(self, error: Exception) -> None:
-        """Count a failure and hand it to on_error, whose own exceptions are swallowed."""
-        self._count(errors=1)
+    def _report(self, error: Exception, throttle: str | None = None) -> None:
+        """Count a failure and hand it to on_error, whose own exceptions are swallowed.
+        Failures of one `throttle` key reach on_error once per REPORT_INTERVAL at most."""
+        now = time.monotonic()
+        with self._section:
+            self._errors += 1
+            if throttle is not None:
+                if now - self._last_reports.get(throttle, -REPORT_INTERVAL) < REPORT_INTERVAL:
+                    return
+                if len(self._last_reports) >= MAX_THROTTLE_KEYS:
+                    self._last_reports.clear()
+                self._last_reports[throttle] = now
         if self.on_error is not None:
             with contextlib.suppress(Exception):  # the app's handler must not stop the sender
                 self.on_error(error)
@@ -364,51 +364,8 @@ class EventQueue:
     def _report_send_error(self, error: Exception) -> None:
         """Every send or connection error is counted; on_error hears of one per second at
         most, so that a daemon that is down does not flood the app's logs."""
-        now = time.monotonic()
-        if now - self._last_send_error >= SEND_ERROR_REPORT_INTERVAL:
-            self._last_send_error = now
-            self._report(error)
-        else:
-            self._count(errors=1)
+        self._report(error, SEND_ERRORS)
 
-    # For flush() and close().
-
-    def _flush_target(self) -> int | None:
-        """The number of the newest accepted event, or None when nothing is waiting."""
-        with self._lock:
-            target = self._accepted
-            return None if self._flushed(target) else target
-
-    def _flushed(self, target: int) -> bool:
-        if self._in_flight:
-            return self._in_flight[0].first_seq > target
-        return self._accepted - self._length >= target
-
-    def _pending_through(self, target: int) -> int:
-        """Events numbered up to `target` still queued or in flight (lock held)."""
-        pending = 0
-        for batch in self._in_flight:
-            if batch.first_seq <= target:
-                pending += min(batch.last_seq, target) - batch.first_seq + 1
-        head = self._accepted - self._length + 1
-        return pending + max(0, target - head + 1)
-
-    def _flush_result(self, target: int) -> FlushResult:
-        with self._lock:
-            return FlushResult(self._flushed(target), self._pending_through(target))
-
-    def _abandon(self) -> None:
-        """Closing: whatever is still queued or in flight is dropped and counted."""
-        with self._lock:
-            self._closed = True
-            self._capacity = 0
-            self._dropped += self._length + sum(len(b.events) for b in self._in_flight)
-            self._sealed.clear()
-            self._open, self._open_bytes, self._length = [], 0, 0
-            self._in_flight.clear()
-            self._notify_progress()
-
-
-def is_oversized(events: list[bytes], budget: int) -> int:
-    """1 for a datagram of one event larger than the datagram budget, else 0."""
-    return int(len(events) == 1 and len(events[0]) + SENT_AT_VALUE_BYTES > budget)
+    def _report_unexpected(self, error: Exception) -> None:
+        """A bug met by a sender, which goes on: the same one is reported once a second."""
+        self._report(error, f"{type(error).__qualname__}: {error}")

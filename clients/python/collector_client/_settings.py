@@ -14,6 +14,7 @@ Overflow = Literal["drop_newest", "drop_oldest"]
 ErrorHandler = Callable[[Exception], None]
 
 DEFAULT_PORT = 24224
+MAX_PORT = 65_535
 MAX_UDP_PAYLOAD = 65_507  # the most one IPv4 UDP datagram can carry
 MAX_BATCH_EVENTS = 10_000  # the daemon's default max_batch_events
 MAX_TCP_OBJECT_BYTES = 4 << 20  # the daemon's default tcp_max_buffer_bytes
@@ -66,6 +67,7 @@ class TrackerOptions(TypedDict, total=False):
     max_datagram_bytes: int
     max_batch_bytes: int
     max_in_flight: int
+    max_attempts: int
     ack_timeout: float
     connect_timeout: float
     backoff_initial: float
@@ -87,6 +89,7 @@ class Settings:
     max_datagram_bytes: int = 1400  # UDP: datagram size, under a usual MTU
     max_batch_bytes: int = 1 << 20  # TCP: envelope size; a larger event is dropped
     max_in_flight: int = 4  # TCP: envelopes sent and not yet acknowledged
+    max_attempts: int = 10  # TCP: failed sends of the oldest batch before it is split up
     ack_timeout: float = 30.0  # TCP: seconds to wait for an ack before reconnecting
     connect_timeout: float = 5.0  # TCP: seconds for one connection attempt
     backoff_initial: float = 0.1  # TCP: first reconnection delay, doubled per failure...
@@ -97,6 +100,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         checks = (
+            (type(self.port) is int and 0 <= self.port <= MAX_PORT,
+             f"port must be an int, 0 to {MAX_PORT}"),
             (self.transport in ("udp", "tcp"), "transport must be 'udp' or 'tcp'"),
             (self.overflow in ("drop_newest", "drop_oldest"),
              "overflow must be 'drop_newest' or 'drop_oldest'"),
@@ -108,6 +113,7 @@ class Settings:
             (1024 <= self.max_batch_bytes <= MAX_TCP_OBJECT_BYTES,
              f"max_batch_bytes must be 1024 to {MAX_TCP_OBJECT_BYTES}"),
             (self.max_in_flight >= 1, "max_in_flight must be at least 1"),
+            (self.max_attempts >= 1, "max_attempts must be at least 1"),
             (self.linger_ms >= 0, "linger_ms must not be negative"),
             (min(self.ack_timeout, self.connect_timeout, self.backoff_initial) > 0,
              "ack_timeout, connect_timeout and backoff_initial must be positive"),
@@ -144,4 +150,14 @@ def refusal(event: dict[str, Any], size: int, settings: Settings) -> TrackerErro
     return TrackerError(
         f"event {what!r} dropped: {size} bytes of msgpack, more than max_batch_bytes "
         f"({settings.max_batch_bytes}) allows"
+    )
+
+
+def given_up(event: dict[str, Any], failures: int, error: Exception) -> TrackerError:
+    """Why a TCP sender dropped an event it had sent: the daemon never acknowledged it."""
+    return TrackerError(
+        f"event {event.get('action')!r} (id {event.get('id')!r}) dropped: the connection "
+        f"failed {failures} times in a row while it waited for its ack, alone in its batch "
+        f"(last: {error!r}); the daemon may refuse it, e.g. if it is larger than the "
+        "daemon's tcp_max_buffer_bytes"
     )

@@ -15,9 +15,15 @@ import socket
 import threading
 import time
 
-from collector_client._core import Batch, EventQueue
+from collector_client._outgoing import OutgoingQueue
 from collector_client._settings import Settings, TrackerError
-from collector_client._wire import AckReader, backoff_delay, datagram, envelope
+from collector_client._wire import (
+    AckReader,
+    backoff_delay,
+    connection_numbers,
+    datagram,
+    envelope,
+)
 
 RECV_BYTES = 65536
 MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
@@ -50,7 +56,7 @@ class Waker:
 class ThreadSender:
     """What both thread senders share: the wake-up, the selector and how they stop."""
 
-    def __init__(self, queue: EventQueue) -> None:
+    def __init__(self, queue: OutgoingQueue) -> None:
         self.queue = queue
         self.settings: Settings = queue.settings
         self.waker = Waker()
@@ -72,8 +78,11 @@ class ThreadSender:
 
     def wait(self, timeout: float | None) -> list[object]:
         """Sleep until woken, a watched socket is readable, or `timeout` (None: no limit);
-        return what is readable."""
+        return what is readable. With a deadline, not at all once everything is sent or
+        acknowledged: the last ack may have been read just now."""
         if self.deadline is not None:
+            if self.finished():
+                return []
             left = max(0.0, self.deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
         ready: list[object] = [key.fileobj for key, _ in self.selector.select(timeout)]
@@ -88,7 +97,7 @@ class ThreadSender:
                 try:
                     self.step()
                 except Exception as error:  # a bug must not end the sending: say so, go on
-                    self.queue._report(error)
+                    self.queue._report_unexpected(error)
                     self.wait(UNEXPECTED_ERROR_PAUSE)
         finally:
             self.close()
@@ -104,11 +113,16 @@ class ThreadSender:
         self.waker.close()
 
     def abandon(self) -> None:
-        """In a forked child: release the parent's descriptors without touching the
-        connection, which the parent still uses."""
+        """In a forked child: release the parent's descriptors without a word on the
+        connection, which the parent still uses. Takes no lock: the parent's threads may
+        have held any of them at the fork, and are not here to release them."""
         self.stop_requested = True
-        with contextlib.suppress(OSError):
-            self.close()
+        for descriptor in self.descriptors():
+            with contextlib.suppress(OSError):  # close() without shutdown() sends nothing
+                descriptor.close()
+
+    def descriptors(self) -> list[socket.socket | selectors.BaseSelector]:
+        return [self.selector, self.waker.reader, self.waker.writer]
 
 
 class UdpSender(ThreadSender):
@@ -116,7 +130,7 @@ class UdpSender(ThreadSender):
     datagram at once from the thread that filled it (see `assist`). Every send is
     non-blocking and made under the queue's lock, so datagrams leave in order."""
 
-    def __init__(self, queue: EventQueue) -> None:
+    def __init__(self, queue: OutgoingQueue) -> None:
         super().__init__(queue)
         self.sock: socket.socket | None = None
         self.socket_error: OSError | None = None
@@ -151,9 +165,11 @@ class UdpSender(ThreadSender):
             self.waker.wake()
 
     def send(self, events: list[bytes]) -> None:
-        if self.sock is None:  # the datagram is dropped, with the reason
+        """Called in a section of the queue, which close() waits for."""
+        sock = self.sock
+        if sock is None:  # the datagram is dropped, with the reason
             raise self.socket_error or ConnectionError("no UDP socket")
-        self.sock.send(datagram(events, self.settings.clock), MSG_DONTWAIT)
+        sock.send(datagram(events, self.settings.clock), MSG_DONTWAIT)
 
     def wait_until_writable(self) -> None:
         assert self.sock is not None
@@ -164,10 +180,15 @@ class UdpSender(ThreadSender):
             self.selector.unregister(self.sock)
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        with self.queue._lock:  # not while a thread in assist() sends with it
+            sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
         super().close()
+
+    def descriptors(self) -> list[socket.socket | selectors.BaseSelector]:
+        sock, self.sock = self.sock, None
+        return [*super().descriptors(), *([sock] if sock is not None else [])]
 
 
 def connected_udp_socket(host: str, port: int, numeric: bool = False) -> socket.socket:
@@ -195,10 +216,11 @@ class TcpSender(ThreadSender):
     batch is sent again on the next one.
     """
 
-    def __init__(self, queue: EventQueue) -> None:
+    def __init__(self, queue: OutgoingQueue) -> None:
         super().__init__(queue)
         self.lock = threading.Lock()
         self.conn: socket.socket | None = None
+        self.connection = 0  # the number of conn, for Batch.connection
         self.out = bytearray()  # envelopes not yet written, in the order of the flight
         self.acks = AckReader(queue)
         self.failed: Exception | None = None  # met by a caller, handled by the sender
@@ -257,9 +279,9 @@ class TcpSender(ThreadSender):
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.setblocking(False)
         self.selector.register(conn, selectors.EVENT_READ)
-        with self.lock:
+        with self.lock:  # what is unacknowledged goes again, written by fill_window()
             self.conn, self.failed, self.acks = conn, None, AckReader(self.queue)
-            self.out = bytearray(b"".join(map(self.envelope, self.queue._unacknowledged())))
+            self.connection = next(connection_numbers)
 
     def read_acks(self) -> None:
         assert self.conn is not None
@@ -274,19 +296,13 @@ class TcpSender(ThreadSender):
                 self.failures = 0
 
     def fill_window(self, sealed_only: bool) -> float | None:
-        """Queue the envelopes of the batches that are due while the window has room;
-        return seconds until the next one is due (None: nothing queued, or a full window)."""
-        wait = -1.0
-        while self.queue._in_flight_count() < self.settings.max_in_flight:
-            batch, wait = self.queue._take(time.monotonic(), sealed_only)
-            if batch is None:
-                break
-            self.out += self.envelope(batch)
+        """Queue the envelopes of the batches that are due (see `_due`); return seconds
+        until the next one is (None: nothing queued, or a full window)."""
+        batches, wait = self.queue._due(self.connection, time.monotonic(), sealed_only)
+        for batch in batches:
+            self.tokens += 1
+            self.out += envelope(self.queue, batch, f"b{self.tokens}", self.connection)
         return None if wait < 0 else wait
-
-    def envelope(self, batch: Batch) -> bytes:
-        self.tokens += 1
-        return envelope(self.queue, batch, f"b{self.tokens}")
 
     def write(self) -> None:
         assert self.conn is not None
@@ -324,6 +340,7 @@ class TcpSender(ThreadSender):
         # event: reconnect without delay, and only a failure then is an error.
         if self.queue._oldest_in_flight() is not None:
             self.note_failure(error)
+            self.queue._failed_attempt(error)
 
     def close_connection(self) -> None:
         if self.conn is not None:
@@ -339,10 +356,7 @@ class TcpSender(ThreadSender):
             self.close_connection()
         super().close()
 
-    def abandon(self) -> None:
-        # close() without shutdown() sends nothing while the parent holds the same socket.
-        if self.conn is not None:
-            with contextlib.suppress(OSError):
-                self.conn.close()
-            self.conn = None
-        super().abandon()
+    def descriptors(self) -> list[socket.socket | selectors.BaseSelector]:
+        self.lock = threading.Lock()  # the parent's may be held for good
+        conn, self.conn = self.conn, None
+        return [*super().descriptors(), *([conn] if conn is not None else [])]

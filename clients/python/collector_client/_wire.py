@@ -6,21 +6,24 @@ Both the thread senders and the asyncio senders use these; they only move bytes.
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgpack
 
-from collector_client._core import Batch, EventQueue
+from collector_client._core import Batch
+from collector_client._outgoing import OutgoingQueue
 from collector_client._settings import TrackerError
 
 ENVELOPE_EVENTS_KEY = b"\x82\xa6events"  # a map of two entries, then "events"
 ENVELOPE_ACK_KEY = b"\xa3ack"
 ACK_REPLY_MAX_BYTES = 1 << 16
 pack_sent_at = struct.Struct(">d").pack
+connection_numbers = itertools.count(1)  # for Batch.connection, unique across senders
 
 
 def array_header(count: int) -> bytes:
@@ -42,16 +45,17 @@ def datagram(events: Sequence[bytes], clock: Callable[[], float]) -> bytes:
     return join_events(events, clock())
 
 
-def envelope(queue: EventQueue, batch: Batch, token: str) -> bytes:
-    """`{"events": [...], "ack": token}`, built again for every transmission, so sent_at is
-    always when it goes out and the daemon's clock correction stays right for a batch sent
-    again minutes later. Event ids never change, so the daemon stores a resent event once.
-    Counts the events as sent the first time, as retries after."""
+def envelope(queue: OutgoingQueue, batch: Batch, token: str, connection: int) -> bytes:
+    """`{"events": [...], "ack": token}`, built again for every transmission (on
+    `connection`), so sent_at is always when it goes out and the daemon's clock correction
+    stays right for a batch sent again minutes later. Event ids never change, so the daemon
+    stores a resent event once. Counts the events as sent the first time, as retries after."""
     if batch.attempts:
         queue._count(retries=len(batch.events))
     else:
         queue._count(sent=len(batch.events))
     batch.token = token
+    batch.connection = connection
     batch.attempts += 1
     batch.sent_time = time.monotonic()
     return b"".join(
@@ -74,16 +78,17 @@ def backoff_delay(failures: int, initial: float, maximum: float) -> float:
 class AckReader:
     """The daemon's replies on one connection, matched in order with the batches in flight."""
 
-    def __init__(self, queue: EventQueue) -> None:
+    def __init__(self, queue: OutgoingQueue) -> None:
         self.queue = queue
         self.unpacker = msgpack.Unpacker(max_buffer_size=ACK_REPLY_MAX_BYTES)
 
     def feed(self, data: bytes) -> int:
         """Apply the complete replies in `data`; return how many batches they acknowledged.
-        Raises TrackerError on a reply that does not match the oldest batch in flight."""
-        self.unpacker.feed(data)
+        Raises TrackerError on bytes that are not msgpack (the peer is no collector daemon,
+        or the stream is out of step; the connection must go), and on a reply that does not
+        match the oldest batch in flight."""
         acknowledged = 0
-        for reply in self.unpacker:
+        for reply in self.replies(data):
             batch = self.queue._oldest_in_flight()
             if batch is None:
                 raise TrackerError(f"reply {reply!r} with no batch waiting for one")
@@ -91,6 +96,13 @@ class AckReader:
             self.queue._complete(batch, stored + rejected, rejected)
             acknowledged += 1
         return acknowledged
+
+    def replies(self, data: bytes) -> Iterator[Any]:
+        try:
+            self.unpacker.feed(data)
+            yield from self.unpacker
+        except (ValueError, msgpack.UnpackException) as error:  # BufferFull, FormatError...
+            raise TrackerError(f"a reply that is not msgpack: {error!r}") from error
 
 
 def check_ack(reply: Any, batch: Batch) -> tuple[int, int]:

@@ -17,7 +17,7 @@ import time
 from types import TracebackType
 from typing import Unpack
 
-from collector_client._core import EventQueue
+from collector_client._outgoing import OutgoingQueue
 from collector_client._settings import (
     DEFAULT_PORT,
     ErrorHandler,
@@ -31,8 +31,10 @@ from collector_client._threads import TcpSender, ThreadSender, UdpSender
 
 __all__ = ["FlushResult", "Tracker", "TrackerStats"]
 
+STOP_TIMEOUT = 1.0  # seconds close() waits for the sender thread to stop, after the flush
 
-class Tracker(EventQueue):
+
+class Tracker(OutgoingQueue):
     """Events to a collector daemon over UDP (fire and forget) or TCP (acknowledged).
 
     Thread-safe, fork-safe, and flushed at interpreter exit (up to `exit_timeout` seconds).
@@ -76,18 +78,20 @@ class Tracker(EventQueue):
 
     def close(self, timeout: float | None = 5.0) -> FlushResult:
         """Flush for at most `timeout` seconds, stop the sender and drop (and count) whatever
-        is left. track() after close() drops its events."""
+        is left. track() after close() drops its events. The sender thread is given up to
+        STOP_TIMEOUT more seconds to stop."""
         with self._lock:
             self._closing = True
         result = self.flush(timeout)
         with self._lock:
             self._closed = True
             self._capacity = 0
-        sender, thread = self._sender, self._thread
+        with self._start_lock:  # a sender starting now would outlive close()
+            sender, thread = self._sender, self._thread
         if sender is not None:
             sender.stop()
         if thread is not None and thread is not threading.current_thread():
-            thread.join(1.0)
+            thread.join(STOP_TIMEOUT)
         self._abandon()
         return result
 
@@ -109,36 +113,53 @@ class Tracker(EventQueue):
         else:
             sender.waker.wake()
 
+    def _wake_soon(self) -> None:
+        sender = self._sender
+        if sender is not None:
+            sender.waker.wake()
+        elif not self._closing:  # not while send_leftovers() is the sender
+            self._start_sender()
+
     def _assist(self) -> None:
         sender = self._sender
         if sender is not None:
             sender.assist()
 
     def _start_sender(self) -> None:
-        with self._start_lock:
-            if self._sender is not None or self._closed:
-                return
-            sender = new_sender(self)
-            thread = threading.Thread(
-                target=sender.run, name=f"collector-{self.settings.transport}-tracker", daemon=True
-            )
-            self._sender, self._thread = sender, thread
-            try:
-                thread.start()
-            except RuntimeError as error:  # no new threads at interpreter shutdown
-                self._sender = self._thread = None
-                sender.close()
-                self._report(error)
+        # Not waiting: whoever holds the lock is starting the sender, which will find the
+        # queued events, or closing; and it may be the thread a signal handler interrupted.
+        if not self._start_lock.acquire(blocking=False):
+            return
+        failure: RuntimeError | None = None
+        try:
+            if self._sender is None and not self._closed:
+                sender = new_sender(self)
+                thread = threading.Thread(
+                    target=sender.run,
+                    name=f"collector-{self.settings.transport}-tracker",
+                    daemon=True,
+                )
+                self._sender, self._thread = sender, thread
+                try:
+                    thread.start()
+                except RuntimeError as error:  # no new threads at interpreter shutdown
+                    self._sender = self._thread = None
+                    sender.close()
+                    failure = error
+        finally:
+            self._start_lock.release()
+        if failure is not None:  # reported once the lock is free: _report takes the queue's
+            self._report(failure)
 
     def _after_fork_in_child(self) -> None:
-        # The parent's thread does not exist here and its lock may be held by it: start over
-        # with an empty queue; the first track() starts this process's own sender.
+        # The parent's threads do not exist here and may have held any lock: start over with
+        # new locks and an empty queue; the first track() starts this process's own sender.
         sender = self._sender
         self._start_lock = threading.Lock()
         self._sender = self._thread = None
+        super()._after_fork_in_child()
         if sender is not None:
             sender.abandon()
-        super()._after_fork_in_child()
 
     def _close_at_exit(self) -> None:
         thread = self._thread
@@ -148,13 +169,13 @@ class Tracker(EventQueue):
             send_leftovers(self, self.settings.exit_timeout)
 
 
-def new_sender(queue: EventQueue) -> ThreadSender:
+def new_sender(queue: OutgoingQueue) -> ThreadSender:
     if queue.settings.transport == "tcp":
         return TcpSender(queue)
     return UdpSender(queue)
 
 
-def send_leftovers(queue: EventQueue, timeout: float) -> None:
+def send_leftovers(queue: OutgoingQueue, timeout: float) -> None:
     """Send what an AsyncTracker left queued, from the calling thread (at interpreter exit,
     when its event loop is gone)."""
     with queue._lock:
