@@ -60,13 +60,39 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
-def count_rows(db: Path, table: str = "events", where: str = "1") -> int:
-    """Rows in a table, read through a fresh connection, as any outside reader would."""
+def wait_until_sync(
+    predicate: Callable[[], bool], within: float = 10.0, interval: float = 0.01
+) -> None:
+    """wait_until for synchronous code (tests driving threads or subprocesses)."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {within}s")
+        time.sleep(interval)
+
+
+def read_rows(db: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Rows read through a fresh read-only connection, as any outside reader would."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return int(conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0])
+        return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def count_rows(db: Path, table: str = "events", where: str = "1") -> int:
+    """Rows in a table, read through a fresh connection, as any outside reader would."""
+    return int(read_rows(db, f"SELECT count(*) FROM {table} WHERE {where}")[0][0])
+
+
+def event_rows(db: Path) -> list[tuple[Any, ...]]:
+    """(ts, user_id, action, value, extra, msg_id) of every event in commit order, extra
+    parsed from its JSON text."""
+    rows = read_rows(db, "SELECT ts, user_id, action, value, extra, msg_id FROM events ORDER BY id")
+    return [
+        (ts, user, action, value, None if extra is None else json.loads(extra), msg)
+        for ts, user, action, value, extra, msg in rows
+    ]
 
 
 class DaemonProcess:

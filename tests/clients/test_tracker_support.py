@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from collector.testing import read_rows, wait_until_sync
 
 WAIT = 20.0  # seconds any condition may take; generous, since other work shares the machine
 FIXED_CLOCK = 1_700_000_000.25  # the tracker's clock in tests that check times exactly
@@ -31,20 +32,12 @@ def stored_events(db: Path, where: str = "1") -> list[dict[str, Any]]:
 
 
 def distinct_ids(db: Path) -> int:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT count(DISTINCT msg_id) FROM events").fetchone()[0])
-    finally:
-        conn.close()
+    return int(read_rows(db, "SELECT count(DISTINCT msg_id) FROM events")[0][0])
 
 
 def wait_for(condition: Callable[[], bool], within: float = WAIT) -> None:
     """Poll `condition` from a synchronous test; raise TimeoutError after `within` s."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {within} s")
-        time.sleep(0.01)
+    wait_until_sync(condition, within)
 
 
 @contextmanager

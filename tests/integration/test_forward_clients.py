@@ -19,24 +19,11 @@ from collector.testing import (
     DaemonProcess,
     QueryClient,
     count_rows,
+    event_rows,
     running_daemon,
     send_udp,
     wait_until,
 )
-
-
-def fetch(db: Path) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT ts, user_id, action, value, extra, msg_id FROM events ORDER BY id"
-        ).fetchall()
-    finally:
-        conn.close()
-    return [
-        (ts, user, action, value, json.loads(extra), msg)
-        for ts, user, action, value, extra, msg in rows
-    ]
 
 
 def emit_all(client: sender.FluentSender, events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -66,7 +53,7 @@ async def test_fluent_sender_with_integer_time(db_path: Path) -> None:
         after = int(time.time())
         await wait_until(lambda: daemon.stats.events_stored == 25)
         assert daemon.stats.forward_requests == 25
-    rows = fetch(db_path)
+    rows = event_rows(db_path)
     assert_logins(rows, 25)
     assert all(before * 1000 <= row[0] <= after * 1000 and row[0] % 1000 == 0 for row in rows)
 
@@ -80,7 +67,7 @@ async def test_fluent_sender_with_nanosecond_precision(db_path: Path) -> None:
         await asyncio.to_thread(emit_all, client, logins(25))
         after = time.time_ns() // 1_000_000
         await wait_until(lambda: daemon.stats.events_stored == 25)
-    rows = fetch(db_path)
+    rows = event_rows(db_path)
     assert_logins(rows, 25)
     assert all(before <= row[0] <= after for row in rows)
     assert any(row[0] % 1000 for row in rows)  # milliseconds survive, unlike integer time
@@ -99,7 +86,7 @@ async def test_fluent_sender_explicit_times_and_an_action_field(db_path: Path) -
         assert daemon.tcp_address is not None
         await asyncio.to_thread(send, *daemon.tcp_address)
         await wait_until(lambda: daemon.stats.events_stored == 2)
-    assert fetch(db_path) == [
+    assert event_rows(db_path) == [
         (1_441_588_984_000, None, "purchase", None, {"tag": "shop.order"}, None),
         (1_441_588_984_125, "7", "shop.order", None, {"tag": "shop.order"}, None),
     ]
@@ -132,7 +119,7 @@ async def test_async_fluent_sender(db_path: Path) -> None:
         # close() waits until the sender thread has sent everything queued.
         await asyncio.to_thread(emit_all, client, logins(60))
         await wait_until(lambda: daemon.stats.events_stored == 60)
-    assert_logins(fetch(db_path), 60)
+    assert_logins(event_rows(db_path), 60)
 
 
 async def test_fluent_sender_to_a_daemon_process_with_a_configured_mapping(
@@ -152,7 +139,7 @@ async def test_fluent_sender_to_a_daemon_process_with_a_configured_mapping(
     finally:
         assert daemon.stop() == 0
     expected = ("c1", "billing.charge", 9.5, {"value": "kept", "fluent_tag": "billing.charge"})
-    assert [row[1:5] for row in fetch(db_path)] == [expected] * 3
+    assert [row[1:5] for row in event_rows(db_path)] == [expected] * 3
 
 
 # --- UDP heartbeat -------------------------------------------------------------------------

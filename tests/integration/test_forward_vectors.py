@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 
-from collector.testing import running_daemon
+from collector.testing import event_rows, running_daemon
 
 TAG = "app.web"
 CHUNK = "p8n9gmxTQVC8/nh2wlKKeQ=="
@@ -151,20 +149,6 @@ def ack_bytes(chunk: str) -> bytes:
     return b"\x81\xa3ack" + text(chunk)
 
 
-def fetch_rows(db: Path) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT ts, user_id, action, value, extra, msg_id FROM events ORDER BY id"
-        ).fetchall()
-    finally:
-        conn.close()
-    return [
-        (ts, user, action, value, json.loads(extra), msg)
-        for ts, user, action, value, extra, msg in rows
-    ]
-
-
 def test_the_encoder_matches_the_specification_example() -> None:
     # ["tag.name", 1441588984, {"message": "bar"}] from the spec's Message mode section.
     request = array(text("tag.name"), uint32(1441588984), mapping((text("message"), text("bar"))))
@@ -192,7 +176,7 @@ async def test_vector_with_chunk_is_acked_only_after_its_rows_are_committed(
         writer.write(vector.build(CHUNK))
         expected = ack_bytes(CHUNK)
         reply = await asyncio.wait_for(reader.readexactly(len(expected)), 10)
-        rows_at_ack = fetch_rows(db_path)
+        rows_at_ack = event_rows(db_path)
         assert reply == expected
         assert rows_at_ack == vector.rows
         assert daemon.stats.forward_requests == 1
@@ -213,7 +197,7 @@ async def test_vector_without_chunk_is_stored_and_never_answered(
         writer.write(vector.build(None) + PROBE)
         expected = ack_bytes(PROBE_CHUNK)
         assert await asyncio.wait_for(reader.readexactly(len(expected)), 10) == expected
-        assert fetch_rows(db_path) == [*vector.rows, PROBE_ROW]
+        assert event_rows(db_path) == [*vector.rows, PROBE_ROW]
         assert daemon.stats.acks_sent == 1
         writer.close()
         await writer.wait_closed()
