@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from systemd_helpers import NotifyListener, has
@@ -31,6 +32,22 @@ def write_config(path: Path, **values: object) -> None:
 
 def reloaded(record: dict[str, object]) -> bool:
     return record.get("event") == "configuration reloaded"
+
+
+def token_file_daemon(
+    db_path: Path, token_file: Path, token: str, env: dict[str, str] | None = None
+) -> DaemonProcess:
+    """A daemon that reads its query token from `token_file`, which holds `token`."""
+    token_file.write_text(token)
+    environment = {"COLLECTOR_QUERY_TOKEN_FILE": str(token_file), **(env or {})}
+    return DaemonProcess(db_path, env=environment).start()
+
+
+def change_token(daemon: DaemonProcess, token_file: Path, token: str) -> dict[str, Any]:
+    """Write the new token, send SIGHUP, return the reload's log record."""
+    token_file.write_text(token)
+    daemon.signal(signal.SIGHUP)
+    return daemon.wait_for_log(reloaded)
 
 
 async def auth(daemon: DaemonProcess, token: str) -> str:
@@ -110,11 +127,8 @@ async def test_sighup_without_a_config_file_rereads_the_token_file(
     db_path: Path, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text("one")
-    daemon = DaemonProcess(db_path, env={"COLLECTOR_QUERY_TOKEN_FILE": str(token_file)}).start()
-    token_file.write_text("two")
-    daemon.signal(signal.SIGHUP)
-    record = daemon.wait_for_log(reloaded)
+    daemon = token_file_daemon(db_path, token_file, "one")
+    record = change_token(daemon, token_file, "two")
     assert (record["changed"], record["query_token_changed"], record["needs_restart"]) == (
         {},
         True,
@@ -168,15 +182,12 @@ async def test_a_new_token_logs_out_the_connections_of_the_old_one(
     db_path: Path, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text("old")
-    daemon = DaemonProcess(db_path, env={"COLLECTOR_QUERY_TOKEN_FILE": str(token_file)}).start()
+    daemon = token_file_daemon(db_path, token_file, "old")
     assert daemon.query is not None
     client = await QueryClient.connect(daemon.query)
     assert await client.ask("AUTH old") == ([], "OK authenticated")
     assert (await client.ask("COUNT"))[1].startswith("OK")
-    token_file.write_text("new")
-    daemon.signal(signal.SIGHUP)
-    daemon.wait_for_log(reloaded)
+    change_token(daemon, token_file, "new")
     assert (await client.ask("COUNT"))[1].startswith("ERR AUTH")
     assert await client.ask("AUTH new") == ([], "OK authenticated")
     assert (await client.ask("COUNT"))[1].startswith("OK")
@@ -188,14 +199,11 @@ async def test_turning_a_token_on_logs_out_connections_that_needed_none(
     db_path: Path, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text("")
-    daemon = DaemonProcess(db_path, env={"COLLECTOR_QUERY_TOKEN_FILE": str(token_file)}).start()
+    daemon = token_file_daemon(db_path, token_file, "")
     assert daemon.query is not None
     client = await QueryClient.connect(daemon.query)
     assert await client.ask("AUTH anything") == ([], "OK no token is needed")
-    token_file.write_text("now-needed")
-    daemon.signal(signal.SIGHUP)
-    daemon.wait_for_log(reloaded)
+    change_token(daemon, token_file, "now-needed")
     assert (await client.ask("COUNT"))[1].startswith("ERR AUTH")
     await client.close()
     assert daemon.stop() == 0
@@ -205,12 +213,8 @@ async def test_a_failed_reload_still_tells_systemd_it_is_ready(
     db_path: Path, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text("good")
     notify = NotifyListener(tmp_path)
-    daemon = DaemonProcess(
-        db_path,
-        env={"COLLECTOR_QUERY_TOKEN_FILE": str(token_file), "NOTIFY_SOCKET": notify.address},
-    ).start()
+    daemon = token_file_daemon(db_path, token_file, "good", {"NOTIFY_SOCKET": notify.address})
     notify.wait_for(has("READY"))
     token_file.write_bytes(b"\xff\xfe not text")
     daemon.signal(signal.SIGHUP)
