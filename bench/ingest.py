@@ -41,8 +41,6 @@ import dataclasses
 import json
 import math
 import multiprocessing
-import os
-import platform
 import queue
 import random
 import secrets
@@ -52,7 +50,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
@@ -61,13 +58,29 @@ from typing import Any
 
 import msgpack
 
+from bench.common import (
+    ACTIONS,
+    LOOPBACK,
+    RECV_BYTES,
+    RssSampler,
+    counter_delta,
+    daemon_complaints,
+    kb_to_mb,
+    machine_info,
+    per_second,
+    proc_status_kb,
+    quantile_ms,
+    read_reply,
+    started_daemon,
+    stopped_stats,
+    udp_kernel_counters,
+    wait_until_settled,
+)
 from collector.testing import DaemonProcess, count_rows
 
 MODES = ("udp", "tcp-stream", "tcp-acked")
-LOOPBACK = "127.0.0.1"
 DAEMON_ARGS_SEPARATOR = "--daemon-args"
 
-ACTIONS = ("page_view", "click", "search", "add_to_cart", "checkout", "purchase", "login")
 PAGES = ("/", "/search", "/product", "/cart", "/checkout", "/account", "/help")
 USER_ID_RANGE = 10_000_000
 PROBE_ACTION = "bench_probe"
@@ -84,12 +97,8 @@ SLICE_SECONDS = 0.002
 UNPACED_BURST_FRAMES = 256
 TCP_CHUNK_BYTES = 64 * 1024
 SEND_GRACE_SECONDS = 2.0
-RECV_BYTES = 65_536
 READY_TIMEOUT = 120.0
 REPORT_GRACE_SECONDS = 60.0
-RSS_SAMPLE_SECONDS = 0.05
-SETTLE_QUIET_SECONDS = 1.0
-SETTLE_POLL_SECONDS = 0.1
 
 
 # Command line
@@ -652,130 +661,21 @@ def acked_probe(port: int, ids: bool, timeout: float) -> dict[str, Any]:
     }
 
 
-def read_reply(sock: socket.socket, deadline: float) -> Any:
-    """The first msgpack object the daemon sends, or None (closed or timed out)."""
-    unpacker = msgpack.Unpacker()
-    while True:
-        for reply in unpacker:
-            return reply
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        sock.settimeout(remaining)
-        data = sock.recv(RECV_BYTES)
-        if not data:
-            return None
-        unpacker.feed(data)
-
-
 def ms_since(began: float) -> float:
     return round((time.monotonic() - began) * 1000, 1)
-
-
-# Watching the daemon
-
-
-def proc_status_kb(pid: int, field: str) -> int | None:
-    """A `kB` field of /proc/PID/status (VmRSS, VmHWM), or None once the process is gone."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return None
-
-
-class RssSampler:
-    """Samples a process's VmRSS in a thread and keeps the largest value seen."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.max_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            self.max_kb = max(self.max_kb, proc_status_kb(self.pid, "VmRSS") or 0)
-            if self._stop.wait(RSS_SAMPLE_SECONDS):
-                return
-
-
-def udp_kernel_counters() -> dict[str, int]:
-    """The system-wide `Udp:` counters of /proc/net/snmp (RcvbufErrors and so on)."""
-    try:
-        lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
-    except OSError:
-        return {}
-    udp = [fields[1:] for fields in lines if fields and fields[0] == "Udp:"]
-    if len(udp) < 2:
-        return {}
-    return dict(zip(udp[0], map(int, udp[1]), strict=False))
-
-
-def wait_until_settled(db: Path, timeout: float) -> float:
-    """Poll the events row count until it holds still for a second; return the monotonic
-    time of its last change (or of the first poll)."""
-    changed_at = time.monotonic()
-    deadline = changed_at + timeout
-    last = count_rows(db)
-    while True:
-        now = time.monotonic()
-        if now - changed_at >= SETTLE_QUIET_SECONDS or now >= deadline:
-            return changed_at
-        time.sleep(SETTLE_POLL_SECONDS)
-        count = count_rows(db)
-        if count != last:
-            last, changed_at = count, time.monotonic()
-
-
-def stopped_stats(daemon: DaemonProcess) -> dict[str, Any]:
-    for record in reversed(daemon.log_records()):
-        if record.get("event") == "stopped":
-            return {k: v for k, v in record.items() if k not in ("event", "level", "timestamp")}
-    return {}
-
-
-def daemon_complaints(daemon: DaemonProcess) -> dict[str, int]:
-    """Warning and error log events, with how often each was logged."""
-    levels = ("warning", "error", "critical")
-    records = daemon.log_records()
-    return dict(Counter(str(r.get("event")) for r in records if r.get("level") in levels))
 
 
 # The run
 
 
 def run_benchmark(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    daemon = DaemonProcess(workdir / "events.db", options.daemon_args)
-    try:
-        start_daemon(daemon)
+    with started_daemon(workdir / "events.db", options.daemon_args) as daemon:
+        assert daemon.process is not None
+        print(
+            f"bench: daemon pid {daemon.process.pid}, udp {daemon.udp}, tcp {daemon.tcp}",
+            file=sys.stderr,
+        )
         return measure(options, daemon)
-    finally:
-        if daemon.process is not None and daemon.process.poll() is None:
-            daemon.stop()
-
-
-def start_daemon(daemon: DaemonProcess) -> None:
-    try:
-        daemon.start()
-    except (RuntimeError, TimeoutError) as exc:
-        raise SystemExit(f"bench: the daemon did not start: {exc}".rstrip()) from None
-    assert daemon.process is not None
-    print(
-        f"bench: daemon pid {daemon.process.pid}, udp {daemon.udp}, tcp {daemon.tcp}",
-        file=sys.stderr,
-    )
 
 
 def measure(options: argparse.Namespace, daemon: DaemonProcess) -> dict[str, Any]:
@@ -813,10 +713,6 @@ def run_probe(options: argparse.Namespace, daemon: DaemonProcess) -> dict[str, A
     if not options.then_acked_probe:
         return {}
     return acked_probe(daemon_port(daemon, "tcp-acked"), options.ids, options.ack_timeout)
-
-
-def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {name: after[name] - before[name] for name in after if name in before}
 
 
 # The report
@@ -908,40 +804,6 @@ def daemon_summary(stats: dict[str, Any], observed: dict[str, Any]) -> dict[str,
         "kernel_udp_rcvbuf_errors": observed["kernel_udp_delta"].get("RcvbufErrors"),
         "stats": stats,
     }
-
-
-def per_second(count: int, seconds: float) -> float:
-    return round(count / seconds, 1) if seconds > 0 else 0.0
-
-
-def quantile_ms(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
-
-
-def kb_to_mb(kb: int | None) -> float | None:
-    return None if kb is None else round(kb / 1024, 1)
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def render_table(report: dict[str, Any]) -> str:

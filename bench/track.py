@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from collector_client import Tracker
 
-from bench.ingest import machine_info, stopped_stats, udp_kernel_counters, wait_until_settled
+from bench.common import machine_info, stopped_stats, udp_kernel_counters, wait_until_settled
 from collector.config import Address
 from collector.testing import DaemonProcess, count_rows
 
