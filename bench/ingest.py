@@ -35,33 +35,17 @@ Only 127.0.0.1 is ever targeted, and every wait is bounded (--duration, --ack-ti
 from __future__ import annotations
 
 import argparse
-import bisect
-import contextlib
-import dataclasses
 import json
 import math
-import multiprocessing
-import queue
-import random
 import secrets
-import select
-import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
-from multiprocessing.queues import Queue
-from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from bench.common import (
-    ACTIONS,
-    LOOPBACK,
-    RECV_BYTES,
     RssSampler,
     counter_delta,
     daemon_complaints,
@@ -70,35 +54,17 @@ from bench.common import (
     per_second,
     proc_status_kb,
     quantile_ms,
-    read_reply,
     started_daemon,
     stopped_stats,
     udp_kernel_counters,
     wait_until_settled,
 )
+from bench.load import PROBE_ACTION, acked_probe, check_datagram_size, run_senders
+from bench.senders import SenderPlan, SenderResult
 from collector.testing import DaemonProcess, count_rows
 
 MODES = ("udp", "tcp-stream", "tcp-acked")
 DAEMON_ARGS_SEPARATOR = "--daemon-args"
-
-PAGES = ("/", "/search", "/product", "/cart", "/checkout", "/account", "/help")
-USER_ID_RANGE = 10_000_000
-PROBE_ACTION = "bench_probe"
-PROBE_EVENTS = 1000
-
-COUNTER_FORMAT = b"%016x"
-COUNTER_DIGITS = len(COUNTER_FORMAT % 0)
-POOL_EVENTS = 65_536
-POOL_MAX_FRAMES = 4096
-POOL_MIN_FRAMES = 8
-MAX_DATAGRAM_BYTES = 65_507
-
-SLICE_SECONDS = 0.002
-UNPACED_BURST_FRAMES = 256
-TCP_CHUNK_BYTES = 64 * 1024
-SEND_GRACE_SECONDS = 2.0
-READY_TIMEOUT = 120.0
-REPORT_GRACE_SECONDS = 60.0
 
 
 # Command line
@@ -186,485 +152,6 @@ VALUE_OPTIONS: tuple[tuple[tuple[str, ...], Callable[[str], Any], Any, str, str]
 )
 
 
-# Payloads
-
-
-def make_event(rng: random.Random, action: str | None = None, msg_id: str | None = None) -> Any:
-    user = rng.randrange(USER_ID_RANGE)
-    event: dict[str, Any] = {
-        "action": action or rng.choice(ACTIONS),
-        "user_id": user if rng.random() < 0.5 else f"user-{user}",
-        "value": round(rng.uniform(0, 500), 2) if rng.random() < 0.7 else rng.randrange(100),
-        "extra": {
-            "page": rng.choice(PAGES),
-            "ms": rng.randrange(5, 5000),
-            "variant": rng.choice("AB"),
-        },
-    }
-    if msg_id is not None:
-        event["id"] = msg_id
-    return event
-
-
-@dataclasses.dataclass(slots=True)
-class Frame:
-    """One pre-encoded msgpack object and where its id and ack-token counters go."""
-
-    data: bytearray
-    id_offsets: list[int]
-    token_offset: int | None = None
-
-
-def encode_frame(events: list[bytes], has_ids: bool, envelope: bool) -> Frame:
-    """Events encoded with their id last, so each id's counter is the event's last bytes."""
-    packer = msgpack.Packer()
-    data = bytearray()
-    if envelope:
-        data += packer.pack_map_header(2) + packer.pack("events")
-    if envelope or len(events) > 1:
-        data += packer.pack_array_header(len(events))
-    id_offsets = []
-    for encoded in events:
-        data += encoded
-        if has_ids:
-            id_offsets.append(len(data) - COUNTER_DIGITS)
-    if not envelope:
-        return Frame(data, id_offsets)
-    data += packer.pack("ack") + packer.pack("0" * COUNTER_DIGITS)
-    return Frame(data, id_offsets, len(data) - COUNTER_DIGITS)
-
-
-class FramePool:
-    """Pre-encoded frames used in turn; `take` patches fresh ids and token in place."""
-
-    def __init__(self, frames: list[Frame], events_per_frame: int) -> None:
-        self.frames = frames
-        self.events_per_frame = events_per_frame
-        self.index = 0
-        self.next_id = 0
-        self.next_token = 0
-        self.token = ""
-
-    def take(self) -> bytearray:
-        """The next frame; valid until the next call, as the same buffers are reused."""
-        frame = self.frames[self.index]
-        self.index = (self.index + 1) % len(self.frames)
-        data = frame.data
-        counter = self.next_id
-        for offset in frame.id_offsets:
-            data[offset : offset + COUNTER_DIGITS] = COUNTER_FORMAT % counter
-            counter += 1
-        self.next_id = counter
-        if frame.token_offset is not None:
-            token = COUNTER_FORMAT % self.next_token
-            self.next_token += 1
-            data[frame.token_offset :] = token
-            self.token = token.decode()
-        return data
-
-
-def pool_size(events_per_frame: int) -> int:
-    return max(POOL_MIN_FRAMES, min(POOL_MAX_FRAMES, POOL_EVENTS // events_per_frame))
-
-
-def build_pool(plan: SenderPlan, frames: int | None = None) -> FramePool:
-    rng = random.Random(plan.seed)
-    id_template = plan.id_prefix + "0" * COUNTER_DIGITS if plan.ids else None
-    per_frame = plan.per_frame
-    encoded = [
-        encode_frame(
-            [msgpack.packb(make_event(rng, msg_id=id_template)) for _ in range(per_frame)],
-            plan.ids,
-            plan.mode == "tcp-acked",
-        )
-        for _ in range(frames or pool_size(per_frame))
-    ]
-    return FramePool(encoded, per_frame)
-
-
-# Senders
-
-
-@dataclasses.dataclass(frozen=True)
-class SenderPlan:
-    mode: str
-    port: int
-    rate: float
-    duration: float
-    per_frame: int
-    window: int
-    ids: bool
-    id_prefix: str
-    seed: int
-    ack_timeout: float
-
-
-@dataclasses.dataclass
-class SenderResult:
-    events_sent: int = 0
-    frames_sent: int = 0
-    send_errors: int = 0
-    elapsed: float = 0.0
-    events_acked: int = 0
-    acks_received: int = 0
-    ack_stored: int = 0
-    ack_rejected: int = 0
-    ack_duplicates: int = 0
-    unexpected_replies: int = 0
-    batches_unacked: int = 0
-    ack_latencies: list[float] = dataclasses.field(default_factory=list)
-    error: str | None = None
-
-
-class Pacer:
-    """How many events are due by `now` at `rate` events/s (no limit when rate is 0)."""
-
-    def __init__(self, rate: float, start: float) -> None:
-        self.rate = rate
-        self.start = start
-
-    def due(self, now: float) -> float:
-        return math.inf if self.rate <= 0 else self.rate * (now - self.start)
-
-    def pause_if_ahead(self, sent: int, end: float) -> float:
-        """Sleep one slice when everything due is sent; return the time."""
-        now = time.monotonic()
-        if sent >= self.due(now) and now < end:
-            time.sleep(min(SLICE_SECONDS, end - now))
-            now = time.monotonic()
-        return now
-
-
-def send_udp(plan: SenderPlan, pool: FramePool, sock: socket.socket) -> SenderResult:
-    result = SenderResult()
-    start = now = time.monotonic()
-    end = start + plan.duration
-    pacer = Pacer(plan.rate, start)
-    while now < end:
-        send_datagrams(sock, pool, result, pacer.due(now))
-        now = pacer.pause_if_ahead(result.events_sent, end)
-    result.elapsed = time.monotonic() - start
-    return result
-
-
-def send_datagrams(sock: socket.socket, pool: FramePool, result: SenderResult, due: float) -> None:
-    for _ in range(UNPACED_BURST_FRAMES):
-        if result.events_sent >= due:
-            return
-        try:
-            sock.send(pool.take())
-        except OSError:
-            result.send_errors += 1
-            continue
-        result.events_sent += pool.events_per_frame
-        result.frames_sent += 1
-
-
-def send_tcp_stream(plan: SenderPlan, pool: FramePool, sock: socket.socket) -> SenderResult:
-    result = SenderResult()
-    start = now = time.monotonic()
-    end = start + plan.duration
-    pacer = Pacer(plan.rate, start)
-    while now < end:
-        chunk, frame_ends = fill_chunk(pool, pacer.due(now) - result.events_sent)
-        written, problem = write_before(sock, chunk, end + SEND_GRACE_SECONDS)
-        frames = bisect.bisect_right(frame_ends, written)
-        result.frames_sent += frames
-        result.events_sent += frames * pool.events_per_frame
-        if problem:
-            result.error = problem
-            break
-        now = pacer.pause_if_ahead(result.events_sent, end)
-    result.elapsed = time.monotonic() - start
-    return result
-
-
-def fill_chunk(pool: FramePool, wanted_events: float) -> tuple[bytearray, list[int]]:
-    """Frames for one write, and where each of them ends."""
-    chunk = bytearray()
-    frame_ends: list[int] = []
-    queued = 0
-    while queued < wanted_events and len(chunk) < TCP_CHUNK_BYTES:
-        chunk += pool.take()
-        frame_ends.append(len(chunk))
-        queued += pool.events_per_frame
-    return chunk, frame_ends
-
-
-def write_before(sock: socket.socket, data: bytearray, deadline: float) -> tuple[int, str | None]:
-    """Write `data` to a non-blocking socket; return the bytes written and any problem."""
-    view = memoryview(data)
-    written = 0
-    while written < len(view):
-        try:
-            written += sock.send(view[written:])
-        except BlockingIOError:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return written, "write timed out: the daemon stopped reading"
-            select.select([], [sock], [], remaining)
-        except OSError as exc:
-            return written, f"write failed: {exc}"
-    return written, None
-
-
-class AckTracker:
-    """Batches waiting for their ack, and what the acks said."""
-
-    def __init__(self, result: SenderResult) -> None:
-        self.result = result
-        self.unpacker = msgpack.Unpacker()
-        self.in_flight: dict[str, tuple[int, float]] = {}
-        self.closed = False
-
-    def sent(self, token: str, events: int, sent_at: float) -> None:
-        self.in_flight[token] = (events, sent_at)
-
-    def read(self, sock: socket.socket, timeout: float) -> None:
-        """Wait up to `timeout` seconds for acks and record every one that arrived."""
-        readable, _, _ = select.select([sock], [], [], max(timeout, 0.0))
-        if not readable:
-            return
-        try:
-            data = sock.recv(RECV_BYTES)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.closed = True
-            return
-        self.unpacker.feed(data)
-        for reply in self.unpacker:
-            self.record(reply)
-
-    def record(self, reply: Any) -> None:
-        result = self.result
-        token = reply.get("ack") if isinstance(reply, dict) else None
-        if not isinstance(token, str) or token not in self.in_flight:
-            result.unexpected_replies += 1
-            return
-        events, sent_at = self.in_flight.pop(token)
-        result.ack_latencies.append(time.monotonic() - sent_at)
-        result.acks_received += 1
-        result.events_acked += events
-        result.ack_stored += int(reply.get("stored", 0))
-        result.ack_rejected += int(reply.get("rejected", 0))
-        result.ack_duplicates += int(reply.get("duplicates", 0))
-
-
-def send_tcp_acked(plan: SenderPlan, pool: FramePool, sock: socket.socket) -> SenderResult:
-    return AckedSender(plan, pool, sock).run()
-
-
-class AckedSender:
-    """Acked batches on one connection, at most `plan.window` of them unacknowledged."""
-
-    def __init__(self, plan: SenderPlan, pool: FramePool, sock: socket.socket) -> None:
-        self.plan = plan
-        self.pool = pool
-        self.sock = sock
-        self.result = SenderResult()
-        self.acks = AckTracker(self.result)
-        self.end = 0.0
-
-    def run(self) -> SenderResult:
-        result, acks = self.result, self.acks
-        start = now = time.monotonic()
-        self.end = start + self.plan.duration
-        pacer = Pacer(self.plan.rate, start)
-        while now < self.end and not acks.closed:
-            due = pacer.due(now)
-            if not self.fill_window(due):
-                break
-            acks.read(self.sock, self.ack_wait(due))
-            now = time.monotonic()
-        result.elapsed = time.monotonic() - start
-        drain_acks(self.sock, acks, self.plan.ack_timeout)
-        result.batches_unacked = len(acks.in_flight)
-        if acks.closed and result.error is None:
-            result.error = "the daemon closed the connection"
-        return result
-
-    def window_full(self) -> bool:
-        return len(self.acks.in_flight) >= self.plan.window
-
-    def ack_wait(self, due: float) -> float:
-        """How long to wait for acks before trying to send again."""
-        if self.window_full():
-            return self.end - time.monotonic()
-        return SLICE_SECONDS if self.result.events_sent >= due else 0.0
-
-    def fill_window(self, due: float) -> bool:
-        """Send batches while the window has room and events are due; False on a problem."""
-        result, pool = self.result, self.pool
-        while not self.window_full() and result.events_sent < due:
-            sent_at = time.monotonic()
-            _, problem = write_before(self.sock, pool.take(), self.end + SEND_GRACE_SECONDS)
-            if problem:
-                result.error = problem
-                return False
-            self.acks.sent(pool.token, pool.events_per_frame, sent_at)
-            result.events_sent += pool.events_per_frame
-            result.frames_sent += 1
-        return True
-
-
-def drain_acks(sock: socket.socket, acks: AckTracker, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while acks.in_flight and not acks.closed:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        acks.read(sock, remaining)
-
-
-SEND_LOOPS: dict[str, Callable[[SenderPlan, FramePool, socket.socket], SenderResult]] = {
-    "udp": send_udp,
-    "tcp-stream": send_tcp_stream,
-    "tcp-acked": send_tcp_acked,
-}
-
-
-def connect(plan: SenderPlan) -> socket.socket:
-    if plan.mode == "udp":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.settimeout(1.0)
-        sock.connect((LOOPBACK, plan.port))
-        return sock
-    sock = socket.create_connection((LOOPBACK, plan.port), timeout=10.0)
-    sock.setblocking(False)
-    return sock
-
-
-def close_stream(sock: socket.socket) -> None:
-    """Half-close so the daemon reads everything sent before it sees the end."""
-    if sock.type == socket.SOCK_STREAM:
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
-
-
-def sender_main(plan: SenderPlan, start: Barrier, results: Queue[dict[str, Any]]) -> None:
-    """A sender process: build the pool, wait for the start, send, report."""
-    result = SenderResult()
-    try:
-        pool = build_pool(plan)
-        with connect(plan) as sock:
-            start.wait(READY_TIMEOUT)
-            result = SEND_LOOPS[plan.mode](plan, pool, sock)
-            close_stream(sock)
-    except Exception as exc:
-        start.abort()
-        result.error = f"{type(exc).__name__}: {exc}"
-    results.put(dataclasses.asdict(result))
-
-
-def run_senders(plans: list[SenderPlan]) -> list[SenderResult]:
-    """Start every sender, release them together, collect their reports."""
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(len(plans) + 1)
-    results: Queue[dict[str, Any]] = context.Queue()
-    processes = [
-        context.Process(target=sender_main, args=(plan, start, results), name=f"sender-{i}")
-        for i, plan in enumerate(plans)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            start.wait(READY_TIMEOUT)
-        return collect_results(results, len(plans), sender_timeout(plans[0]))
-    finally:
-        for process in processes:
-            process.join(5.0)
-            if process.is_alive():
-                process.terminate()
-                process.join()
-
-
-def sender_timeout(plan: SenderPlan) -> float:
-    return plan.duration + SEND_GRACE_SECONDS + plan.ack_timeout + REPORT_GRACE_SECONDS
-
-
-def collect_results(
-    results: Queue[dict[str, Any]], expected: int, timeout: float
-) -> list[SenderResult]:
-    deadline = time.monotonic() + timeout
-    collected = []
-    for _ in range(expected):
-        try:
-            report = results.get(timeout=max(deadline - time.monotonic(), 0.1))
-        except queue.Empty:
-            collected.append(SenderResult(error="no report from the sender"))
-            continue
-        collected.append(SenderResult(**report))
-    return collected
-
-
-def sender_plans(options: argparse.Namespace, port: int) -> list[SenderPlan]:
-    run_tag = secrets.token_hex(3)
-    acked = options.mode == "tcp-acked"
-    return [
-        SenderPlan(
-            mode=options.mode,
-            port=port,
-            rate=options.rate / options.senders,
-            duration=options.duration,
-            per_frame=options.batch if acked else options.per_datagram,
-            window=options.window,
-            ids=options.ids,
-            id_prefix=f"{run_tag}-s{index}-",
-            seed=options.seed + index,
-            ack_timeout=options.ack_timeout,
-        )
-        for index in range(options.senders)
-    ]
-
-
-def check_datagram_size(plan: SenderPlan) -> None:
-    if plan.mode != "udp":
-        return
-    size = max(len(frame.data) for frame in build_pool(plan, frames=POOL_MIN_FRAMES).frames)
-    if size > MAX_DATAGRAM_BYTES:
-        raise SystemExit(
-            f"bench: a datagram of {plan.per_frame} events is {size} bytes, more than UDP allows"
-        )
-
-
-# The acked probe
-
-
-def acked_probe(port: int, ids: bool, timeout: float) -> dict[str, Any]:
-    """Send one acked batch and time its ack."""
-    rng = random.Random(0)
-    prefix = f"probe-{secrets.token_hex(3)}-"
-    events = [
-        make_event(rng, PROBE_ACTION, f"{prefix}{i}" if ids else None) for i in range(PROBE_EVENTS)
-    ]
-    payload = msgpack.packb({"events": events, "ack": "probe"})
-    began = time.monotonic()
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
-            sock.sendall(payload)
-            reply = read_reply(sock, began + timeout)
-    except OSError as exc:
-        return {"events": PROBE_EVENTS, "error": f"{type(exc).__name__}: {exc}"}
-    if not isinstance(reply, dict):
-        return {"events": PROBE_EVENTS, "error": "no ack", "waited_ms": ms_since(began)}
-    return {
-        "events": PROBE_EVENTS,
-        "ack_ms": ms_since(began),
-        "stored": reply.get("stored"),
-        "rejected": reply.get("rejected"),
-    }
-
-
-def ms_since(began: float) -> float:
-    return round((time.monotonic() - began) * 1000, 1)
-
-
 # The run
 
 
@@ -713,6 +200,26 @@ def run_probe(options: argparse.Namespace, daemon: DaemonProcess) -> dict[str, A
     if not options.then_acked_probe:
         return {}
     return acked_probe(daemon_port(daemon, "tcp-acked"), options.ids, options.ack_timeout)
+
+
+def sender_plans(options: argparse.Namespace, port: int) -> list[SenderPlan]:
+    run_tag = secrets.token_hex(3)
+    acked = options.mode == "tcp-acked"
+    return [
+        SenderPlan(
+            mode=options.mode,
+            port=port,
+            rate=options.rate / options.senders,
+            duration=options.duration,
+            per_frame=options.batch if acked else options.per_datagram,
+            window=options.window,
+            ids=options.ids,
+            id_prefix=f"{run_tag}-s{index}-",
+            seed=options.seed + index,
+            ack_timeout=options.ack_timeout,
+        )
+        for index in range(options.senders)
+    ]
 
 
 # The report
