@@ -41,11 +41,19 @@ from typing import Any, Literal
 
 from collector_client import Tracker
 
-from bench.common import machine_info, stopped_stats, udp_kernel_counters, wait_until_settled
+from bench.common import (
+    ACTIONS,
+    LOOPBACK,
+    counter_delta,
+    machine_info,
+    started_daemon,
+    stopped_stats,
+    udp_kernel_counters,
+    wait_until_settled,
+)
 from collector.config import Address
 from collector.testing import DaemonProcess, count_rows
 
-ACTIONS = ("page_view", "click", "search", "add_to_cart", "checkout", "purchase", "login")
 EXTRAS = tuple({"page": f"/product/{i}", "ref": "newsletter", "position": i} for i in range(8))
 FLUSH_TIMEOUT = 120.0
 SETTLE_TIMEOUT = 120.0
@@ -101,7 +109,7 @@ def measure_calls(
 ) -> dict[str, Any]:
     if daemon is None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
-            sink.bind(("127.0.0.1", 0))
+            sink.bind((LOOPBACK, 0))
             return calls_to(Address(*sink.getsockname()), transport, options)
     address = daemon.udp if transport == "udp" else daemon.tcp
     assert address is not None
@@ -158,7 +166,7 @@ def measure_e2e(daemon: DaemonProcess, options: argparse.Namespace) -> dict[str,
     tracker.close(1.0)
     settled_at = wait_until_settled(daemon.db, SETTLE_TIMEOUT)
     stored = count_rows(daemon.db)
-    kernel_after = udp_kernel_counters()
+    kernel_delta = counter_delta(kernel_before, udp_kernel_counters())
     storing_seconds = max(settled_at - began, seconds)
     return {
         "transport": transport,
@@ -172,18 +180,15 @@ def measure_e2e(daemon: DaemonProcess, options: argparse.Namespace) -> dict[str,
         "stored_per_second": round(stored / storing_seconds),
         "storing_seconds": round(storing_seconds, 2),
         "loss_percent": round(100 * (1 - stored / calls), 2) if calls else 0.0,
-        "kernel_udp_rcvbuf_errors": kernel_after.get("RcvbufErrors", 0)
-        - kernel_before.get("RcvbufErrors", 0),
+        "kernel_udp_rcvbuf_errors": kernel_delta.get("RcvbufErrors", 0),
     }  # fmt: skip
 
 
 def with_daemon(workdir: Path, name: str, measure: Callable[[DaemonProcess], Any]) -> Any:
     """Run `measure` against a daemon of its own; return its result and the daemon's final
     counters."""
-    daemon = DaemonProcess(workdir / f"{name}.db").start()
-    try:
+    with started_daemon(workdir / f"{name}.db") as daemon:
         result = measure(daemon)
-    finally:
         daemon.stop()
     counters = {
         key: value
