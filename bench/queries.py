@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import socket
-import sqlite3
 import statistics
 import threading
 import time
@@ -23,8 +22,9 @@ from pathlib import Path
 
 import msgpack
 
+from bench.common import read_reply, started_daemon
 from collector.config import Address
-from collector.testing import DaemonProcess, count_rows
+from collector.testing import count_rows, read_rows
 
 QUERIES = (
     "UNIQUE on=yesterday",
@@ -60,13 +60,10 @@ class IngestLoad:
 
 
 def wait_ack(sock: socket.socket, unpacker: msgpack.Unpacker) -> int:
-    while True:
-        for reply in unpacker:
-            return int(reply["stored"])
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError("daemon closed the ingest connection")
-        unpacker.feed(data)
+    reply = read_reply(sock, unpacker=unpacker)
+    if reply is None:
+        raise ConnectionError("daemon closed the ingest connection")
+    return int(reply["stored"])
 
 
 def ask(sock: socket.socket, reader: io.BufferedReader, line: str) -> tuple[float, str]:
@@ -79,13 +76,9 @@ def ask(sock: socket.socket, reader: io.BufferedReader, line: str) -> tuple[floa
 
 
 def heavy_user(db: Path) -> str:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT user_id FROM events WHERE id <= 100000 GROUP BY user_id"
-                           " ORDER BY count(*) DESC LIMIT 1").fetchone()  # fmt: skip
-        return str(row[0])
-    finally:
-        conn.close()
+    rows = read_rows(db, "SELECT user_id FROM events WHERE id <= 100000 GROUP BY user_id"
+                         " ORDER BY count(*) DESC LIMIT 1")  # fmt: skip
+    return str(rows[0][0])
 
 
 def measure(address: Address, queries: list[str], repeat: int) -> dict[str, list[float]]:
@@ -109,18 +102,17 @@ def main() -> None:
     args = parser.parse_args()
     queries = [q.format(heavy_user=heavy_user(args.db)) for q in QUERIES]
     before = count_rows(args.db)
-    daemon = DaemonProcess(args.db, ["--query-timeout-ms", "60000"]).start()
-    assert daemon.tcp is not None and daemon.query is not None
-    load = IngestLoad(daemon.tcp, args.rate)
-    sender = threading.Thread(target=load.run, daemon=True)
-    sender.start()
-    try:
-        time.sleep(1.0)  # let the ingest load reach its pace before measuring
-        timings = measure(daemon.query, queries, args.repeat)
-    finally:
-        load.stop.set()
-        sender.join(30)
-        daemon.stop()
+    with started_daemon(args.db, ["--query-timeout-ms", "60000"]) as daemon:
+        assert daemon.tcp is not None and daemon.query is not None
+        load = IngestLoad(daemon.tcp, args.rate)
+        sender = threading.Thread(target=load.run, daemon=True)
+        sender.start()
+        try:
+            time.sleep(1.0)  # let the ingest load reach its pace before measuring
+            timings = measure(daemon.query, queries, args.repeat)
+        finally:
+            load.stop.set()
+            sender.join(30)
     report(timings, load, count_rows(args.db) - before, args)
 
 
