@@ -1,6 +1,6 @@
 """What the benchmarks share: a daemon to measure, what to watch of it, the machine they ran on.
 
-Not a benchmark itself; `bench.ingest`, `bench.track` and `bench.queries` import it:
+Not a benchmark itself; the benchmarks import it:
 
 - `started_daemon`: `python -m collector serve` through collector.testing.DaemonProcess on
   free 127.0.0.1 ports, stopped on leaving; `stopped_stats` and `daemon_complaints` read
@@ -9,6 +9,8 @@ Not a benchmark itself; `bench.ingest`, `bench.track` and `bench.queries` import
 - `udp_kernel_counters`, `counter_delta`: the kernel's system-wide UDP counters;
 - `wait_until_settled`: wait until the events table stops growing;
 - `read_reply`: the daemon's next msgpack reply on a TCP connection;
+- `writer_connection`, `insert_transaction`: a database written as the daemon's writer does,
+  for the benchmarks that insert without a daemon;
 - `machine_info`: CPUs, CPU model, Python and kernel of the report;
 - `per_second`, `quantile_ms`, `kb_to_mb`: the figures as the reports round them.
 """
@@ -19,6 +21,7 @@ import contextlib
 import os
 import platform
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -28,6 +31,8 @@ from typing import Any
 
 import msgpack
 
+from collector.events import Row
+from collector.storage import schema
 from collector.testing import DaemonProcess, count_rows
 
 LOOPBACK = "127.0.0.1"
@@ -97,6 +102,26 @@ def read_reply(
         if not data:
             return None
         unpacker.feed(data)
+
+
+# The database as the daemon's writer writes it
+
+
+def writer_connection(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection to `path` set up as the writer sets up its own: autocommit, and the
+    writer's pragmas with synchronous=NORMAL."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
+    for pragma in schema.writer_pragmas("normal"):
+        conn.execute(pragma)
+    return conn
+
+
+def insert_transaction(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """`rows` in one transaction, through the writer's multi-row statements."""
+    conn.execute("BEGIN IMMEDIATE")
+    for sql, params in schema.insert_plan(rows):
+        conn.executemany(sql, params)
+    conn.execute("COMMIT")
 
 
 # Watching the daemon

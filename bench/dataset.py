@@ -14,13 +14,12 @@ import argparse
 import itertools
 import json
 import random
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.common import insert_transaction, writer_connection
 from collector.events import Row
-from collector.storage import schema
 from collector.storage.writer import prepare_database
 
 DAY_MS = 86_400_000
@@ -57,15 +56,10 @@ def extra(rng: random.Random) -> str | None:
 
 def load(path: Path, rows: Iterator[Row]) -> int:
     prepare_database(path, "normal")
-    conn = sqlite3.connect(path, isolation_level=None)
-    for pragma in schema.writer_pragmas("normal"):
-        conn.execute(pragma)
+    conn = writer_connection(path)
     total = 0
     while chunk := list(itertools.islice(rows, CHUNK)):
-        conn.execute("BEGIN IMMEDIATE")
-        for sql, params in schema.insert_plan(chunk):
-            conn.executemany(sql, params)
-        conn.execute("COMMIT")
+        insert_transaction(conn, chunk)
         total += len(chunk)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.execute("ANALYZE")

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import insert_transaction, writer_connection
 from bench.dataset import make_events
 from collector.storage import schema
 
@@ -86,17 +87,12 @@ def shape(conn: sqlite3.Connection, variant: str) -> None:
 
 
 def insert_rate(path: Path, rows: int, seed: int) -> float:
-    conn = sqlite3.connect(path, isolation_level=None)
-    for pragma in schema.writer_pragmas("normal"):
-        conn.execute(pragma)
+    conn = writer_connection(path)
     events_args = argparse.Namespace(seed=seed, users=200_000, actions=50, days=1, events=rows)
     batch = list(make_events(events_args, time.time_ns() // 1_000_000))
     started = time.perf_counter()
     for first in range(0, len(batch), TRANSACTION_ROWS):
-        conn.execute("BEGIN IMMEDIATE")
-        for sql, params in schema.insert_plan(batch[first : first + TRANSACTION_ROWS]):
-            conn.executemany(sql, params)
-        conn.execute("COMMIT")
+        insert_transaction(conn, batch[first : first + TRANSACTION_ROWS])
     elapsed = time.perf_counter() - started
     conn.close()
     return len(batch) / elapsed

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.common import writer_connection
 from collector.events import Row
 from collector.storage import schema
 from collector.storage.writer import prepare_database
@@ -54,9 +55,7 @@ def make_rows(first: int, count: int, with_ids: bool) -> list[Row]:
 def rows_per_second(strategy: Strategy, args: argparse.Namespace, busy: bool) -> float:
     path = Path(tempfile.mkdtemp(prefix="collector-bench-")) / "events.db"
     prepare_database(path, "normal")
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    for pragma in schema.writer_pragmas("normal"):
-        conn.execute(pragma)
+    conn = writer_connection(path, check_same_thread=False)
     batches = [make_rows(n, args.batch, args.ids) for n in range(0, args.rows, args.batch)]
     stop = threading.Event()
     spinner = threading.Thread(target=spin, args=(stop,), daemon=True)
