@@ -1,8 +1,9 @@
 """The offered load of `bench.ingest`: one process per sender, released together.
 
-Not run on its own. `run_senders` spawns a process per `SenderPlan`; each builds its frame
-pool and connects before one barrier releases them all, runs its mode's send loop and
-reports a `SenderResult`, collected within the duration, the ack timeout and a grace period.
+Not run on its own (`python -m bench.ingest` runs it). `run_senders` spawns a process per
+`SenderPlan`; each builds its frame pool and connects before one barrier releases them all,
+runs its mode's send loop and reports a `SenderResult`, collected within the duration, the
+ack timeout and a grace period.
 `check_datagram_size` refuses a --per-datagram that UDP cannot carry; `acked_probe` times
 the ack of one TCP batch of 1000 events (--then-acked-probe).
 """

@@ -1,10 +1,10 @@
 """The events that `bench.ingest` sends, encoded before its timed loop.
 
-Not run on its own. `make_event` makes one realistic event: an action from a small set, an
-int or string user id, a value and an `extra` map of three keys. A `FramePool` holds
-pre-encoded msgpack objects (a bare event, an array of events, or an acked envelope) and
-patches a fresh id into each event and a fresh ack token into each envelope as it hands them
-out, so a sender never encodes anything while it is timed.
+Not run on its own (`python -m bench.ingest` runs it). `make_event` makes one realistic
+event: an action from a small set, an int or string user id, a value and an `extra` map of
+three keys. A `FramePool` holds pre-encoded msgpack objects (a bare event, an array of
+events, or an acked envelope) and patches a fresh id into each event and a fresh ack token
+into each envelope as it hands them out, so a sender never encodes while it is timed.
 """
 
 from __future__ import annotations

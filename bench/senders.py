@@ -1,6 +1,7 @@
 """The send loops of `bench.ingest`, one per mode, each on one connected socket.
 
-Not run on its own: `bench.load` runs one loop in each sender process.
+Not run on its own (`python -m bench.ingest` runs it): `bench.load` runs one loop in each
+sender process.
 
 - udp: one pre-encoded frame per datagram;
 - tcp-stream: frames written back to back in chunks, never acknowledged;
