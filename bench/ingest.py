@@ -189,7 +189,7 @@ def measure(options: argparse.Namespace, daemon: DaemonProcess) -> dict[str, Any
 
 
 def daemon_port(daemon: DaemonProcess, mode: str) -> int:
-    address = daemon.udp if mode == "udp" else daemon.tcp
+    address = daemon.addresses.get("udp" if mode == "udp" else "tcp")
     if address is None:
         transport = "UDP" if mode == "udp" else "TCP"
         raise SystemExit(f"bench: the daemon does not listen for {transport}")

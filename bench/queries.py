@@ -103,7 +103,6 @@ def main() -> None:
     queries = [q.format(heavy_user=heavy_user(args.db)) for q in QUERIES]
     before = count_rows(args.db)
     with started_daemon(args.db, ["--query-timeout-ms", "60000"]) as daemon:
-        assert daemon.tcp is not None and daemon.query is not None
         load = IngestLoad(daemon.tcp, args.rate)
         sender = threading.Thread(target=load.run, daemon=True)
         sender.start()

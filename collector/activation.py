@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from collector.config import Address
-from collector.ingest.udp import udp_socket
+from collector.sockets import udp_socket
 
 log = structlog.get_logger("collector.activation")
 

@@ -1,16 +1,16 @@
-"""The bounded buffer between ingest and the writer. Pure: no sockets, no database.
+"""The bounded buffer between ingest and the writer. Pure: no sockets, no database, no loop.
 
 It holds groups of rows in arrival order. A group keeps together what must be acknowledged
 together (one acked TCP batch); unacknowledged input arriving close in time is merged into
 one group so a flood of single-event datagrams does not cost one object per event.
 
 Events count against the limits from the moment they are added until their commit is
-released, so memory held by an in-flight commit is accounted too.
+released, so memory held by an in-flight commit is accounted too. The buffer owns that
+occupancy and reports it to the shared stats.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from collector.events import Row
+from collector.settings import BufferSettings
 from collector.stats import Stats
 
 # received_at (ms), source, reason, raw bytes
@@ -45,33 +46,64 @@ class Group:
         return len(self.rows)
 
 
+def nothing() -> None:
+    pass
+
+
+class Level:
+    """A fact about the buffer the writer waits for. `is_set()` reads it from the buffer's
+    state; when it may have become true the buffer calls `ring`, which the writer points at
+    its own wake-up (the buffer knows nothing of event loops)."""
+
+    __slots__ = ("is_set", "ring")
+
+    def __init__(self, test: Callable[[], bool]) -> None:
+        self.is_set = test
+        self.ring: Callable[[], None] = nothing
+
+
 @dataclass
 class EventBuffer:
-    max_events: int
-    max_bytes: int
-    low_water: float
+    settings: BufferSettings
     stats: Stats
     wake_at: int = 1
     merge_window: float = 0.001
     merge_max_rows: int = 1000
     clock: Callable[[], float] = time.monotonic
     groups: deque[Group] = field(default_factory=deque)
-    pending_events: int = 0
-    eager_acks: bool = False
+    pending_events: int = 0  # in groups not yet taken by the writer
+    events: int = 0  # added and not yet released: the occupancy
+    nbytes: int = 0
     acked_groups: int = 0
-    has_work: asyncio.Event = field(default_factory=asyncio.Event)
-    batch_ready: asyncio.Event = field(default_factory=asyncio.Event)
     waiting_for_room: dict[object, Callable[[], None]] = field(default_factory=dict)
+    has_work: Level = field(init=False)  # a group is queued
+    batch_ready: Level = field(init=False)  # commit_due()
+
+    def __post_init__(self) -> None:
+        self.has_work = Level(lambda: bool(self.groups))
+        self.batch_ready = Level(self.commit_due)
+
+    @property
+    def max_events(self) -> int:
+        return self.settings.max_events
+
+    @property
+    def max_bytes(self) -> int:
+        return self.settings.max_bytes
+
+    @property
+    def low_water(self) -> float:
+        return self.settings.low_water
 
     def full(self) -> bool:
-        stats = self.stats
-        return stats.buffer_events >= self.max_events or stats.buffer_bytes >= self.max_bytes
+        limits = self.settings
+        return self.events >= limits.max_events or self.nbytes >= limits.max_bytes
 
     def below_low_water(self) -> bool:
-        stats = self.stats
+        limits = self.settings
         return (
-            stats.buffer_events <= self.max_events * self.low_water
-            and stats.buffer_bytes <= self.max_bytes * self.low_water
+            self.events <= limits.max_events * limits.low_water
+            and self.nbytes <= limits.max_bytes * limits.low_water
         )
 
     def add(self, group: Group) -> None:
@@ -81,12 +113,14 @@ class EventBuffer:
         self._account(group.events, group.nbytes)
         if group.on_commit is not None:
             self.acked_groups += 1
-            if self.eager_acks:
-                self.batch_ready.set()
+            if self.settings.eager_acks:
+                self.batch_ready.ring()
 
     def commit_due(self) -> bool:
         """True when the writer should not wait: a full batch, or an ack is waiting."""
-        return self.pending_events >= self.wake_at or (self.eager_acks and self.acked_groups > 0)
+        return self.pending_events >= self.wake_at or (
+            self.settings.eager_acks and self.acked_groups > 0
+        )
 
     def add_row(self, row: Row, nbytes: int) -> None:
         """add_rows() for a single valid row, without building lists for it."""
@@ -120,7 +154,7 @@ class EventBuffer:
         # groups without rows: quarantine records and empty acked batches need a commit too.
         self.groups.append(group)
         if len(self.groups) == 1:
-            self.has_work.set()
+            self.has_work.ring()
 
     def _mergeable_tail(self, now: float) -> Group | None:
         """The newest group, if unacknowledged input arriving `now` may join it."""
@@ -136,16 +170,12 @@ class EventBuffer:
         return tail
 
     def _account(self, events: int, nbytes: int) -> None:
-        stats = self.stats
-        stats.buffer_events += events
-        stats.buffer_bytes += nbytes
-        if stats.buffer_events > stats.buffer_events_peak:
-            stats.buffer_events_peak = stats.buffer_events
-        if stats.buffer_bytes > stats.buffer_bytes_peak:
-            stats.buffer_bytes_peak = stats.buffer_bytes
+        self.events += events
+        self.nbytes += nbytes
+        self.stats.buffer_level(self.events, self.nbytes)
         self.pending_events += events
         if self.pending_events >= self.wake_at:
-            self.batch_ready.set()
+            self.batch_ready.ring()
 
     def oldest_received(self) -> float | None:
         return self.groups[0].received if self.groups else None
@@ -162,18 +192,14 @@ class EventBuffer:
             if group.on_commit is not None:
                 self.acked_groups -= 1
         self.pending_events -= count
-        if not self.groups:
-            self.has_work.clear()
-        if not self.commit_due():
-            self.batch_ready.clear()
         return taken
 
     def release(self, groups: list[Group]) -> None:
         """Forget committed groups; wake paused producers once below the low-water mark."""
-        stats = self.stats
         for group in groups:
-            stats.buffer_events -= group.events
-            stats.buffer_bytes -= group.nbytes
+            self.events -= group.events
+            self.nbytes -= group.nbytes
+        self.stats.buffer_level(self.events, self.nbytes)
         if self.waiting_for_room and self.below_low_water():
             callbacks = list(self.waiting_for_room.values())
             self.waiting_for_room.clear()

@@ -118,8 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "backup":
         return run_backup(config, args.dest, args.force)
-    from collector.daemon import run
     from collector.logs import configure_logging
+    from collector.runner import run
 
     configure_logging(config.log_level, config.log_format)
     config_file = getattr(args, "config", None)

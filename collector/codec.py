@@ -10,7 +10,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from collector.events import EventError, Limits, Row, normalise, type_name
+from collector.events import EventError, Row, normalise, type_name
+from collector.settings import EventLimits
 
 MAX_ACK_TOKEN_BYTES = 64
 UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
@@ -56,7 +57,7 @@ def repack(obj: Any) -> bytes:
         return repr(obj).encode("utf-8", "backslashreplace")
 
 
-def decode_object(obj: Any, raw: bytes | None, received_at: int, limits: Limits) -> Decoded:
+def decode_object(obj: Any, raw: bytes | None, received_at: int, limits: EventLimits) -> Decoded:
     """Turn one top-level msgpack object (event, batch or ack envelope) into rows.
 
     `raw` is the object's own encoding when the caller has it (a UDP datagram); it is kept
@@ -76,7 +77,7 @@ def decode_object(obj: Any, raw: bytes | None, received_at: int, limits: Limits)
 
 
 def decode_envelope(
-    envelope: dict[Any, Any], raw: bytes | None, received_at: int, limits: Limits
+    envelope: dict[Any, Any], raw: bytes | None, received_at: int, limits: EventLimits
 ) -> Decoded:
     """`{"events": [...], "ack": TOKEN}`: a batch that asks to be acknowledged.
 
@@ -124,7 +125,7 @@ def ack_token_problem(token: Any) -> str | None:
 
 
 def add_batch(
-    decoded: Decoded, batch: list[Any], raw: bytes | None, received_at: int, limits: Limits
+    decoded: Decoded, batch: list[Any], raw: bytes | None, received_at: int, limits: EventLimits
 ) -> None:
     if len(batch) > limits.max_batch_events:
         reason = f"batch of {len(batch)} events exceeds max_batch_events={limits.max_batch_events}"
@@ -140,7 +141,7 @@ def add_batch(
 
 
 def add_event(
-    decoded: Decoded, event: Any, raw: bytes | None, received_at: int, limits: Limits
+    decoded: Decoded, event: Any, raw: bytes | None, received_at: int, limits: EventLimits
 ) -> None:
     try:
         row = normalise(event, received_at, limits)

@@ -1,47 +1,38 @@
-"""Start order and shutdown: database -> writer -> listeners -> ready; stop in reverse.
+"""The daemon's parts and their start order: database -> writer -> listeners; stop in reverse.
 
 On stop: close the listeners, stop reading TCP input (what is complete is kept), let the
 writer commit everything buffered, send the pending acks, checkpoint, close the database.
+Running it as a process (signals, systemd) is collector.runner's work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import socket
-import sys
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import structlog
 
 from collector import __version__, activation
+from collector.backends.sqlite.backend import SqliteBackend
+from collector.backends.sqlite.reader import Reader
 from collector.buffer import EventBuffer
 from collector.config import Address, Config
-from collector.events import Limits
-from collector.forward.settings import forward_settings
 from collector.ingest.core import Ingest
-from collector.ingest.tcp import TcpIngest, TcpSettings
+from collector.ingest.tcp import TcpIngest
 from collector.ingest.udp import UdpIngestProtocol
-from collector.query.reader import Reader
-from collector.query.server import Limits as QueryLimits
+from collector.query.context import Context
 from collector.query.server import QueryServer
-from collector.query.verbs import Context
-from collector.sdnotify import Notifier
-from collector.service import ServiceLink
+from collector.settings import Settings
+from collector.sockets import LISTEN_BACKLOG, bound_address, receive_buffer_size
 from collector.stats import Stats
-from collector.storage.writer import CommitSignal, Writer
+from collector.storage.writer import Writer
 
 log = structlog.get_logger("collector.daemon")
 
-CLOSE_WAIT_SECONDS = 2.0
-# listen() backlog, also applied to sockets passed by systemd (listen() again resets theirs):
-# systemd's own default (Backlog=, SOMAXCONN), capped by net.core.somaxconn.
-LISTEN_BACKLOG = 4096
-# A second signal within this many seconds of the first is the same request, delivered twice.
-REPEATED_SIGNAL_GRACE = 0.5
+# How long the stop waits for TCP ingest connections to close once their acks are sent.
+TCP_CLOSE_WAIT_SECONDS = 2.0
 
 
 class Daemon:
@@ -52,40 +43,18 @@ class Daemon:
         sockets: Mapping[str, socket.socket] | None = None,
     ) -> None:
         self.config = config
+        self.settings = settings = Settings.from_config(config)
         # Listening sockets passed by the service manager, by role (udp, tcp, query).
         self.inherited = dict(sockets or {})
         self.stats = stats or Stats()
-        self.buffer = EventBuffer(
-            max_events=config.buffer_max_events,
-            max_bytes=config.buffer_max_bytes,
-            low_water=config.buffer_low_water,
-            stats=self.stats,
-            eager_acks=config.eager_ack_commit,
-        )
-        self.ingest = Ingest(self.buffer, self.stats, event_limits(config))
-        self.tcp = TcpIngest(
-            self.ingest,
-            TcpSettings(
-                config.tcp_max_buffer_bytes, config.tcp_max_connections, config.tcp_idle_timeout
-            ),
-            forward_settings(config),
-        )
-        self.writer = Writer(
-            config.db,
-            self.buffer,
-            self.stats,
-            batch_size=config.batch_size,
-            batch_max_age=config.batch_max_age,
-            synchronous=config.synchronous,
-            delay=config.writer_delay_ms / 1000.0,
-        )
-        self.reader = Reader(
-            config.db,
-            timeout=config.query_timeout_ms / 1000.0,
-            max_rows=config.query_max_rows,
-            concurrency=config.query_concurrency,
-        )
-        self.queries = query_server(config, self.reader, self.stats, self.writer.commits)
+        self.buffer = EventBuffer(settings.buffer, self.stats)
+        self.ingest = Ingest(self.buffer, self.stats, settings.events)
+        self.tcp_ingest = TcpIngest(self.ingest, settings.tcp, settings.forward)
+        self.writer = Writer(settings.writer, self.buffer, self.stats)
+        self.reader = Reader(settings.reader)
+        self.backend = SqliteBackend(self.reader)
+        context = Context(self.backend, self.stats, settings.query, commits=self.writer.commits)
+        self.queries = QueryServer(context, settings.query_server)
         self.udp_address: Address | None = None
         self.udp_receive_buffer = 0
         self.tcp_address: Address | None = None
@@ -123,30 +92,48 @@ class Daemon:
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
-        sock = activation.udp_listener(self.inherited, config.udp, config.udp_receive_buffer)
+        sock = activation.udp_listener(self.inherited, config.udp, self.settings.udp.receive_buffer)
         if sock is not None:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: UdpIngestProtocol(self.ingest), sock=sock
             )
             self._udp_transport = transport
             self.udp_address = bound_address(sock)
-            # Linux reports twice the size asked for (it counts its own bookkeeping).
-            self.udp_receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+            self.udp_receive_buffer = receive_buffer_size(sock)
         tcp = activation.listen_on(self.inherited, "tcp", config.tcp)
         if tcp is not None:
-            server = await loop.create_server(self.tcp.protocol, backlog=LISTEN_BACKLOG, **tcp)
+            server = await loop.create_server(
+                self.tcp_ingest.protocol, backlog=LISTEN_BACKLOG, **tcp
+            )
             self._tcp_server = server
             self.tcp_address = bound_address(server.sockets[0])
         query = activation.listen_on(self.inherited, "query", config.query)
         if query is not None:
             query_server = await asyncio.start_server(
                 self.queries.handle,
-                limit=config.query_max_line_bytes + 2,
+                limit=self.queries.max_line_bytes + 2,
                 backlog=LISTEN_BACKLOG,
                 **query,
             )
             self._query_server = query_server
             self.query_address = bound_address(query_server.sockets[0])
+
+    def apply(self, config: Config) -> None:
+        """Take a new configuration while running (a reload). Every component gets its new
+        settings; those that fix resources at start (addresses, the database, the writer's
+        batching, connection buffers, query slots) keep them until a restart, which is why
+        collector.reload changes only the options it lists as live. Nothing changes when
+        the query token file cannot be read (OSError, or ValueError when not UTF-8)."""
+        token = load_query_token(config)
+        settings = Settings.from_config(config)
+        self.config, self.settings = config, settings
+        self.ingest.limits = settings.events
+        self.buffer.settings = settings.buffer
+        self.reader.settings = settings.reader
+        context = self.queries.context
+        context.settings = settings.query
+        context.token = token
+        self.queries.limits = settings.query_server
 
     async def stop(self) -> None:
         """Stop accepting, commit everything buffered, send acks, checkpoint, close."""
@@ -162,7 +149,7 @@ class Daemon:
                 self._query_server.close()
             for task in list(self.queries.connections):
                 task.cancel()
-            self.tcp.shutdown_connections()
+            self.tcp_ingest.shutdown_connections()
             self.writer.stop()
             await self._finish_tasks()
             await self._wait_for_connections()
@@ -195,42 +182,16 @@ class Daemon:
         await asyncio.gather(*others, return_exceptions=True)
 
     async def _wait_for_connections(self) -> None:
-        self.tcp.close_connections()
-        if self.tcp.connections:
+        tcp = self.tcp_ingest
+        tcp.close_connections()
+        if tcp.connections:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.tcp.all_closed.wait(), CLOSE_WAIT_SECONDS)
+                await asyncio.wait_for(tcp.all_closed.wait(), TCP_CLOSE_WAIT_SECONDS)
 
     async def _log_stats(self) -> None:
         while True:
             await asyncio.sleep(self.config.stats_interval)
             log.info("stats", **self.stats.snapshot())
-
-
-def event_limits(config: Config) -> Limits:
-    return Limits(
-        config.max_event_bytes,
-        config.max_extra_bytes,
-        config.max_extra_depth,
-        config.max_batch_events,
-    )
-
-
-def query_server(
-    config: Config, reader: Reader, stats: Stats, commits: CommitSignal
-) -> QueryServer:
-    context = Context(
-        reader,
-        stats,
-        config.db,
-        config.query_tz,
-        config.query_max_rows,
-        sql_enabled=config.query_sql_enabled,
-        commits=commits,
-    )
-    limits = QueryLimits(
-        config.query_max_line_bytes, config.query_max_connections, config.query_idle_timeout
-    )
-    return QueryServer(context, limits)
 
 
 def load_query_token(config: Config) -> str | None:
@@ -240,88 +201,3 @@ def load_query_token(config: Config) -> str | None:
         with open(config.query_token_file, encoding="utf-8") as handle:
             token = handle.read().strip()
     return token or None
-
-
-def quietly(emit: Callable[..., Any], event: str, **values: Any) -> None:
-    with contextlib.suppress(Exception):
-        emit(event, **values)
-
-
-def bound_address(sock: socket.socket) -> Address:
-    host, port = sock.getsockname()[:2]
-    return Address(host, port)
-
-
-async def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
-    """Run until SIGTERM or SIGINT; a second signal exits at once. SIGHUP calls `reload`
-    for a new configuration and applies what can change while running."""
-    sockets = activation.passed_sockets()
-    if sockets is None:
-        return 1
-    daemon = Daemon(config, sockets=sockets)
-    link = ServiceLink(Notifier.from_environ(), daemon)
-    loop = asyncio.get_running_loop()
-    stop_requested = asyncio.Event()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    first_signal_at: list[float] = []
-
-    def on_signal(signum: int) -> None:
-        # Act first, log second: a log line can fail (stderr gone with its reader), and
-        # that must not cost the stop.
-        name = signal.Signals(signum).name
-        if not first_signal_at:
-            first_signal_at.append(loop.time())
-            stop_requested.set()
-            quietly(log.info, "signal received, shutting down", signal=name)
-        elif loop.time() - first_signal_at[0] < REPEATED_SIGNAL_GRACE:
-            # One stop often arrives twice (make and timeout both forward SIGTERM).
-            quietly(log.info, "repeated signal ignored", signal=name)
-        else:
-            quietly(log.warning, "second signal, exiting at once", signal=name)
-            os._exit(128 + signum)
-
-    for signum in signals:
-        loop.add_signal_handler(signum, on_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, link.reload, reload or (lambda: config))
-    try:
-        try:
-            await daemon.start()
-        except OSError as exc:
-            log.error("cannot start", error=str(exc))
-            return 1
-        link.started()
-        return await run_until_stopped(daemon, stop_requested, link)
-    finally:
-        for signum in (*signals, signal.SIGHUP):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(signum)
-        await link.close()
-
-
-async def run_until_stopped(
-    daemon: Daemon, stop_requested: asyncio.Event, link: ServiceLink | None = None
-) -> int:
-    """Serve until asked to stop, or until the writer ends on its own (exit code 1)."""
-    waiter = asyncio.ensure_future(stop_requested.wait())
-    done, _ = await asyncio.wait([waiter, daemon.writer_task], return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    failed = daemon.writer_task in done
-    if failed:
-        task = daemon.writer_task
-        error = "cancelled" if task.cancelled() else repr(task.exception())
-        log.error("the writer stopped unexpectedly", error=error)
-    if link is not None:
-        link.stopping()
-    await daemon.stop()
-    return 1 if failed else 0
-
-
-def run(config: Config, reload: Callable[[], Config] | None = None) -> int:
-    import uvloop
-
-    # The writer thread gives up the GIL during every SQLite call and must win it back
-    # from a busy event loop; Python's default 5 ms switch interval makes each such
-    # hand-off cost up to 5 ms under load. See docs/performance.md.
-    sys.setswitchinterval(config.gil_switch_interval_ms / 1000.0)
-    result: Any = uvloop.run(serve(config, reload))
-    return int(result)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
+
+from collector.settings import EventLimits
 
 # ts, received_at, user_id, action, value, extra (JSON text), msg_id
 Row = tuple[int, int, str | None, str, Any, str | None, str | None]
@@ -47,18 +49,11 @@ def make_json_encoder() -> Callable[[Any], str]:
 KNOWN_KEYS = frozenset({"action", "user_id", "value", "extra", "ts", "id", "sent_at"})
 
 
-class Limits(NamedTuple):
-    max_event_bytes: int = 64 * 1024
-    max_extra_bytes: int = 32 * 1024
-    max_extra_depth: int = 8
-    max_batch_events: int = 10_000
-
-
 class EventError(ValueError):
     """One event is invalid; the message is the quarantine reason."""
 
 
-def normalise(event: Any, received_at: int, limits: Limits) -> Row:
+def normalise(event: Any, received_at: int, limits: EventLimits) -> Row:
     """Validate one event map and return its row; raise EventError with the reason.
 
     Written for speed: the common case is a few type checks inline; every rejection is
@@ -203,7 +198,7 @@ def time_to_ms(value: Any, name: str) -> int:
     return int(ms)
 
 
-def encode_extra(extra: Any, limits: Limits) -> str:
+def encode_extra(extra: Any, limits: EventLimits) -> str:
     if type(extra) is not dict:
         raise EventError(f"extra must be a map, got {type_name(extra)}")
     for key in extra:

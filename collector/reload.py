@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from collector.config import FIELDS, Config, ConfigError
+from collector.daemon import Daemon
 from collector.logs import configure_logging
-
-if TYPE_CHECKING:
-    from collector.daemon import Daemon
 
 log = structlog.get_logger("collector.reload")
 
@@ -46,54 +44,25 @@ class Outcome:
 def reload_config(daemon: Daemon, load: Callable[[], Config]) -> Outcome | None:
     """Load the configuration again and apply it to `daemon`; None (and the old settings
     kept) when it cannot be read or is invalid."""
+    old, old_token = daemon.config, daemon.queries.context.token
     try:
         new = load()
-        token = load_token(new)
+        changed = [name for name in FIELDS if getattr(old, name) != getattr(new, name)]
+        live = {name: getattr(new, name) for name in changed if name in LIVE}
+        effective = dataclasses.replace(old, **live)
+        daemon.apply(effective)
     except (ConfigError, OSError, ValueError) as exc:  # ValueError: a token file not UTF-8
         log.error("reload failed, the running configuration is kept", error=str(exc))
         return None
-    old = daemon.config
-    changed = [name for name in FIELDS if getattr(old, name) != getattr(new, name)]
-    live = {name: getattr(new, name) for name in changed if name in LIVE}
     outcome = Outcome(
         applied=live,
         needs_restart=[name for name in changed if name not in LIVE],
-        token_changed=token != daemon.queries.context.token,
+        token_changed=daemon.queries.context.token != old_token,
     )
-    effective = dataclasses.replace(old, **live)
-    apply(daemon, effective, token)
     report(old, outcome)
     # Last, so that the report is logged even when the new level would hide it.
     configure_logging(effective.log_level, effective.log_format)
     return outcome
-
-
-def load_token(config: Config) -> str | None:
-    from collector.daemon import load_query_token
-
-    return load_query_token(config)
-
-
-def apply(daemon: Daemon, config: Config, token: str | None) -> None:
-    from collector.daemon import event_limits
-
-    daemon.config = config
-    daemon.ingest.limits = event_limits(config)
-    buffer = daemon.buffer
-    buffer.max_events = config.buffer_max_events
-    buffer.max_bytes = config.buffer_max_bytes
-    buffer.low_water = config.buffer_low_water
-    context = daemon.queries.context
-    context.token = token
-    context.max_rows = config.query_max_rows
-    context.sql_enabled = config.query_sql_enabled
-    daemon.reader.max_rows = config.query_max_rows
-    daemon.reader.timeout = config.query_timeout_ms / 1000.0
-    daemon.queries.limits = dataclasses.replace(
-        daemon.queries.limits,
-        max_connections=config.query_max_connections,
-        idle_timeout=config.query_idle_timeout,
-    )
 
 
 def report(old: Config, outcome: Outcome) -> None:

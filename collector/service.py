@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from collector.reload import reload_config
 from collector.sdnotify import Notifier
 
 if TYPE_CHECKING:
-    from collector.config import Config
     from collector.daemon import Daemon
 
 log = structlog.get_logger("collector.service")
@@ -71,14 +69,14 @@ class ServiceLink:
             loop = asyncio.get_running_loop()
             self._tasks.append(loop.create_task(self._extend_while_flushing(), name="sd-extend"))
 
-    def reload(self, load: Callable[[], Config]) -> None:
-        """SIGHUP: apply a new configuration, telling the service manager around it."""
+    def reload(self, apply: Callable[[], object]) -> None:
+        """SIGHUP: `apply` a new configuration, telling the service manager around it."""
         if not self.running:
             log.warning("reload ignored: the daemon is starting or stopping")
             return
         self.notifier.reloading()
         try:
-            reload_config(self.daemon, load)
+            apply()
         finally:
             # Even a failed reload must end systemd's "reloading" state.
             self.notifier.ready()

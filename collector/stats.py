@@ -86,6 +86,15 @@ class Stats:
     latency: LatencyHistogram = dataclasses.field(default_factory=LatencyHistogram)
     started: float = dataclasses.field(default_factory=time.time)
 
+    def buffer_level(self, events: int, nbytes: int) -> None:
+        """The buffer's occupancy now (it reports each change), and the peaks."""
+        self.buffer_events = events
+        self.buffer_bytes = nbytes
+        if events > self.buffer_events_peak:
+            self.buffer_events_peak = events
+        if nbytes > self.buffer_bytes_peak:
+            self.buffer_bytes_peak = nbytes
+
     def snapshot(self) -> dict[str, Any]:
         values: dict[str, Any] = {
             f.name: getattr(self, f.name)

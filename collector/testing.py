@@ -26,7 +26,7 @@ LOOPBACK_ANY_PORT = Address("127.0.0.1", 0)
 IO_TIMEOUT = 10.0
 
 
-def test_config(db: Path, **overrides: Any) -> Config:
+def daemon_config(db: Path, **overrides: Any) -> Config:
     """A config bound to free loopback ports, with the stats logs off."""
     values: dict[str, Any] = {
         "db": db,
@@ -39,9 +39,31 @@ def test_config(db: Path, **overrides: Any) -> Config:
     return Config(**values)
 
 
+class StartedDaemon(Daemon):
+    """A started in-process daemon with every listener on: its addresses are never None."""
+
+    @property
+    def udp(self) -> Address:
+        return listening(self.udp_address, "udp")
+
+    @property
+    def tcp(self) -> Address:
+        return listening(self.tcp_address, "tcp")
+
+    @property
+    def query(self) -> Address:
+        return listening(self.query_address, "query")
+
+
+def listening(address: Address | None, role: str) -> Address:
+    if address is None:
+        raise RuntimeError(f"the {role} listener is off")
+    return address
+
+
 @asynccontextmanager
-async def running_daemon(db: Path, **overrides: Any) -> AsyncIterator[Daemon]:
-    daemon = Daemon(test_config(db, **overrides))
+async def running_daemon(db: Path, **overrides: Any) -> AsyncIterator[StartedDaemon]:
+    daemon = StartedDaemon(daemon_config(db, **overrides))
     await daemon.start()
     try:
         yield daemon
@@ -106,9 +128,7 @@ class DaemonProcess:
         self.args = list(args)
         self.env = env
         self.process: subprocess.Popen[str] | None = None
-        self.udp: Address | None = None
-        self.tcp: Address | None = None
-        self.query: Address | None = None
+        self.addresses: dict[str, Address] = {}  # of the listeners that are on, by role
         self.startup: dict[str, Any] = {}
         self.log_lines: list[str] = []
         self._new_line = threading.Condition()
@@ -128,11 +148,28 @@ class DaemonProcess:
         )
         self._reader = threading.Thread(target=self._read_logs, daemon=True)
         self._reader.start()
-        self.startup = self.wait_for_log(lambda r: r.get("event") == "collector started", timeout)
-        self.udp = parse_address(self.startup.get("udp"))
-        self.tcp = parse_address(self.startup.get("tcp"))
-        self.query = parse_address(self.startup.get("query"))
+        self.read_startup(timeout)
         return self
+
+    def read_startup(self, timeout: float) -> None:
+        """Wait for the start-up line and take the addresses it names."""
+        self.startup = self.wait_for_log(lambda r: r.get("event") == "collector started", timeout)
+        for role in ("udp", "tcp", "query"):
+            address = parse_address(self.startup.get(role))
+            if address is not None:
+                self.addresses[role] = address
+
+    @property
+    def udp(self) -> Address:
+        return listening(self.addresses.get("udp"), "udp")
+
+    @property
+    def tcp(self) -> Address:
+        return listening(self.addresses.get("tcp"), "tcp")
+
+    @property
+    def query(self) -> Address:
+        return listening(self.addresses.get("query"), "query")
 
     def _read_logs(self) -> None:
         assert self.process is not None and self.process.stderr is not None

@@ -13,14 +13,14 @@ from typing import Any
 import msgpack
 
 from collector.codec import Decoded, Rejection, repack
-from collector.events import EventError, Limits, Row, normalise, type_name
-from collector.forward.settings import ForwardSettings
+from collector.events import EventError, Row, normalise, type_name
+from collector.settings import EventLimits, ForwardSettings
 
 EVENT_TIME_EXT = 0
 MAX_NANOSECONDS = 999_999_999
 
 
-def event_time(value: Any) -> Any:
+def entry_time(value: Any) -> Any:
     """The entry's time as `normalise` takes `ts`; None means "when received".
 
     Like Fluentd's in_forward, a time of 0 (or nil) stands for the time of arrival.
@@ -99,7 +99,7 @@ def record_event(tag: str, stamp: Any, record: Any, settings: ForwardSettings) -
         extra[settings.tag_key] = tag
     if extra:
         event["extra"] = extra
-    ts = event_time(stamp)
+    ts = entry_time(stamp)
     if ts is not None:
         event["ts"] = ts
     return event
@@ -111,7 +111,7 @@ def add_entry(
     entry: Any,
     *,
     received_at: int,
-    limits: Limits,
+    limits: EventLimits,
     settings: ForwardSettings,
 ) -> None:
     """Append the entry's row to `decoded`, or its rejection with the reason."""
@@ -136,7 +136,7 @@ def entry_row(
     record: Any,
     *,
     received_at: int,
-    limits: Limits,
+    limits: EventLimits,
     settings: ForwardSettings,
 ) -> Row:
     try:

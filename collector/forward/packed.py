@@ -14,9 +14,8 @@ from typing import Any
 import msgpack
 
 from collector.codec import UNPACK_ERRORS, Decoded, Rejection
-from collector.events import Limits
 from collector.forward.entries import add_entry
-from collector.forward.settings import ForwardSettings
+from collector.settings import EventLimits, ForwardSettings
 
 # Past this many times max_batch_events, entries are no longer counted.
 COUNT_FACTOR = 10
@@ -30,7 +29,7 @@ class PackedError(ValueError):
     """The blob is not a stream of whole msgpack objects."""
 
 
-def max_entry_bytes(limits: Limits) -> int:
+def max_entry_bytes(limits: EventLimits) -> int:
     """The largest entry that is built: 4 x max_event_bytes + 64 KiB (320 KiB by default).
 
     msgpack takes at most 4.5 bytes for one byte of the JSON it is stored as (an int
@@ -41,7 +40,7 @@ def max_entry_bytes(limits: Limits) -> int:
     return 4 * limits.max_event_bytes + ENTRY_SLACK_BYTES
 
 
-def max_counted_entries(limits: Limits) -> int:
+def max_counted_entries(limits: EventLimits) -> int:
     return COUNT_FACTOR * limits.max_batch_events
 
 
@@ -81,7 +80,7 @@ def add_entries(
     ends: list[int],
     *,
     received_at: int,
-    limits: Limits,
+    limits: EventLimits,
     settings: ForwardSettings,
 ) -> None:
     """Each entry's row or rejection, built one at a time from its own bytes."""

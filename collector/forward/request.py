@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector.codec import Decoded, Rejection
-from collector.events import Limits, type_name
+from collector.events import type_name
 from collector.forward.entries import add_entry, repack_exact
 from collector.forward.packed import (
     PackedError,
@@ -23,7 +23,7 @@ from collector.forward.packed import (
     entry_ends,
     max_counted_entries,
 )
-from collector.forward.settings import ForwardSettings
+from collector.settings import EventLimits, ForwardSettings
 
 GZIP_WBITS = zlib.MAX_WBITS | 16
 UNCOMPRESSED = (None, "text")
@@ -56,7 +56,7 @@ def is_forward_request(obj: Any) -> bool:
 
 
 def decode_request(
-    request: list[Any], received_at: int, limits: Limits, settings: ForwardSettings
+    request: list[Any], received_at: int, limits: EventLimits, settings: ForwardSettings
 ) -> ForwardRequest:
     tag, second = request[0], request[1] if len(request) > 1 else None
     if type(second) is str or type(second) is bytes:
@@ -78,7 +78,7 @@ def decode_request(
 
 
 def decode_packed(
-    request: list[Any], received_at: int, limits: Limits, settings: ForwardSettings
+    request: list[Any], received_at: int, limits: EventLimits, settings: ForwardSettings
 ) -> ForwardRequest:
     """PackedForward and CompressedPackedForward: the entries are measured first, then
     built one at a time (see collector.forward.packed)."""
@@ -106,7 +106,7 @@ def decode_packed(
     return ForwardRequest(decoded, inflated)
 
 
-def reject_whole(decoded: Decoded, request: list[Any], count: int, limits: Limits) -> None:
+def reject_whole(decoded: Decoded, request: list[Any], count: int, limits: EventLimits) -> None:
     """Quarantine a request of more than max_batch_events events as one record. Counting
     stops past max_counted_entries: such a request counts as that many events plus one."""
     most = limits.max_batch_events

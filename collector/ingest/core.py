@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from collector.buffer import CommitResult, EventBuffer, Group, QuarantineRow
+from collector.clock import now_ms
 from collector.codec import Decoded, Rejection
-from collector.events import ROW_OVERHEAD_BYTES, Limits, Row
+from collector.events import ROW_OVERHEAD_BYTES, Row
+from collector.settings import EventLimits
 from collector.stats import Stats
-
-MAX_REASON_CHARS = 300
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+from collector.text import sanitise
 
 
 def format_peer(transport_name: str, peer: Any) -> str:
@@ -23,12 +19,6 @@ def format_peer(transport_name: str, peer: Any) -> str:
         host = f"[{peer[0]}]" if ":" in str(peer[0]) else peer[0]
         return f"{transport_name}:{host}:{peer[1]}"
     return f"{transport_name}:{peer or 'unknown'}"
-
-
-def sanitise(text: str) -> str:
-    """One printable line of bounded length, for logs and quarantine reasons."""
-    clean = "".join(ch if ch.isprintable() else "?" for ch in text[:MAX_REASON_CHARS])
-    return clean + ("..." if len(text) > MAX_REASON_CHARS else "")
 
 
 def objects_in(obj: Any) -> int:
@@ -44,7 +34,7 @@ def objects_in(obj: Any) -> int:
 class Ingest:
     """Admission of decoded input into the buffer, with its counters."""
 
-    def __init__(self, buffer: EventBuffer, stats: Stats, limits: Limits) -> None:
+    def __init__(self, buffer: EventBuffer, stats: Stats, limits: EventLimits) -> None:
         self.buffer = buffer
         self.stats = stats
         self.limits = limits

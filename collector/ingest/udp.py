@@ -8,17 +8,15 @@ forward protocol carries events over TCP only.
 from __future__ import annotations
 
 import asyncio
-import socket
-import sys
 from typing import Any, cast
 
 import structlog
 
+from collector.clock import now_ms
 from collector.codec import UNPACK_ERRORS, Decoded, Rejection, decode_object, unpack_datagram
-from collector.config import Address
 from collector.events import normalise
 from collector.forward.request import is_forward_request
-from collector.ingest.core import Ingest, format_peer, now_ms, objects_in
+from collector.ingest.core import Ingest, format_peer, objects_in
 
 log = structlog.get_logger("collector.udp")
 
@@ -79,33 +77,3 @@ class UdpIngestProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.warning("udp socket error", error=str(exc))
-
-
-def udp_socket(address: Address, receive_buffer: int) -> socket.socket:
-    """A bound UDP socket with a large receive buffer (forced past rmem_max when allowed)."""
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if receive_buffer:
-            set_receive_buffer(sock, receive_buffer)
-        sock.bind((address.host, address.port))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-# Python's socket module lacks the constant; it lets CAP_NET_ADMIN exceed rmem_max.
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
-
-
-def set_receive_buffer(sock: socket.socket, size: int) -> None:
-    force = SO_RCVBUFFORCE
-    if force is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-            return
-        except OSError:
-            pass
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from collector.query.errors import QueryError
+from collector.query.model import Filter
 
 FILTER_FIELDS = frozenset({"action", "user", "value"})
 EXTRA_PREFIX = "extra."
@@ -59,15 +60,6 @@ class Token:
                 current.append(text_char)
         parts.append("".join(current))
         return parts
-
-
-@dataclass(frozen=True)
-class Filter:
-    """`field=v1,v2` (any of the values) or `field!=...` (none of them); `*` is a wildcard."""
-
-    field: str
-    negated: bool
-    values: tuple[str, ...]
 
 
 @dataclass(frozen=True)

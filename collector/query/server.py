@@ -1,111 +1,35 @@
 """The query port: one command per line, answered in order, each reply ending in a status line.
 
-Framing and limits live here; what each verb does lives in verbs.py.
+Framing and limits live here; each verb is declared with its handler in query/verbs/
+(see query/registry.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 
 import structlog
 
-from collector.ingest.core import sanitise
-from collector.query import streaming, verbs
+from collector.query import registry
+from collector.query.context import Context, Session
 from collector.query.errors import QueryError
 from collector.query.output import FORMATS, Reply, render
 from collector.query.parser import Command, parse
-from collector.query.verbs import Context, Handler, Session
+from collector.query.verbs.streaming import Stream
+from collector.settings import QueryServerSettings
+from collector.text import sanitise
 
 log = structlog.get_logger("collector.query")
 
-
-@dataclass(frozen=True)
-class Verb:
-    handler: Handler
-    usage: str
-    summary: str
-
-
-VERBS: dict[str, Verb] = {
-    "HELP": Verb(
-        lambda ctx, session, command: help_verb(command),
-        "HELP [VERB]",
-        "list the verbs, or explain one",
-    ),
-    "PING": Verb(verbs.ping, "PING", "answers OK PONG"),
-    "QUIT": Verb(verbs.quit_, "QUIT", "close the connection"),
-    "FORMAT": Verb(verbs.set_format, "FORMAT text|json", "output format of this connection"),
-    "STATS": Verb(verbs.stats, "STATS", "every counter of the daemon, database size, uptime"),
-    "COUNT": Verb(
-        verbs.count,
-        "COUNT [filters] [by=hour|day|week|month|action|value|user|extra.KEY]",
-        "number of events, grouped with by=",
-    ),
-    "UNIQUE": Verb(
-        verbs.unique, "UNIQUE [filters] [by=...]", "number of distinct users (DAU with by=day)"
-    ),
-    "TOP": Verb(
-        verbs.top,
-        "TOP FIELD [n=10] [filters]",
-        "most frequent values of action, value, user or extra.KEY, with events and users",
-    ),
-    "EVENTS": Verb(
-        verbs.events, "EVENTS [filters] [limit=100] [order=asc|desc]", "raw events, newest first"
-    ),
-    "USER": Verb(
-        verbs.user,
-        "USER USER_ID [filters] [limit=100]",
-        "one user's first and last seen, events, distinct actions, and timeline (newest first)",
-    ),
-    "USERS": Verb(
-        verbs.users,
-        "USERS [filters] [min=1]",
-        "ids of the users with at least min matching events, most active first",
-    ),
-    "QUARANTINE": Verb(verbs.quarantine, "QUARANTINE [limit=20]", "latest rejected inputs"),
-    "AUTH": Verb(verbs.auth, "AUTH TOKEN", "authenticate this connection"),
-    "EXPORT": Verb(
-        streaming.export,
-        "EXPORT [filters] [format=jsonl|csv]",
-        "every matching event, no row cap, in commit order",
-    ),
-    "TAIL": Verb(
-        streaming.tail,
-        "TAIL [n=10] [filters]",
-        "the last n events, then new ones as committed, until you send any line",
-    ),
-    "SQL": Verb(
-        verbs.sql,
-        "SQL SELECT ...",
-        "a read-only SQL query on the tables events and quarantine (time limit, row cap)",
-    ),
-}
-
 IDLE = b"idle"
-OPEN_VERBS = frozenset({"PING", "HELP", "QUIT", "AUTH"})
-
-FILTER_HELP = [
-    "filters: action=, user=, value=, extra.KEY= (dotted keys reach nested maps);",
-    "  != negates, a,b,c means any of, * is a wildcard; since= until= on=DAY tz=Area/City",
-    "times: now today yesterday -30m -6h -7d -2w 2024-05-01 2024-05-01T12:00Z 1714567890",
-    "every command also takes format=text|json",
-]
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_line_bytes: int = 8192
-    max_connections: int = 64
-    idle_timeout: float = 600.0
 
 
 class QueryServer:
-    def __init__(self, context: Context, limits: Limits) -> None:
+    def __init__(self, context: Context, settings: QueryServerSettings) -> None:
         self.context = context
-        self.limits = limits
-        self.max_line_bytes = limits.max_line_bytes
+        self.limits = settings  # replaced at reload, but for max_line_bytes
+        self.max_line_bytes = settings.max_line_bytes
         self.connections: set[asyncio.Task[None]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -117,7 +41,7 @@ class QueryServer:
                 await writer.drain()
                 return
             self.connections.add(task)
-            await self.serve_lines(reader, writer, Session(stream=streaming.Stream(reader, writer)))
+            await self.serve_lines(reader, writer, Session(stream=Stream(reader, writer)))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
@@ -184,32 +108,21 @@ class QueryServer:
         return render(reply, fmt)
 
     async def dispatch(self, command: Command, session: Session) -> Reply:
-        verb = VERBS.get(command.verb)
-        if verb is None:
-            raise QueryError("UNKNOWN", f"unknown verb {command.verb}; try HELP")
-        if not verbs.is_authenticated(self.context, session) and command.verb not in OPEN_VERBS:
+        verb = registry.find(command.verb)
+        if not verb.open and not self.context.is_authenticated(session):
             raise QueryError("AUTH", "authenticate first: AUTH TOKEN")
+        verb.check_options(command)
         return await verb.handler(self.context, session, command)
 
 
 def command_format(command: Command, default: str) -> str:
-    if command.verb == "EXPORT":
+    verb = registry.VERBS.get(command.verb)
+    if verb is not None and verb.own_format:
         return default  # EXPORT's format= chooses jsonl or csv; its status line is plain
     fmt = command.options.get("format", default).lower()
     if fmt not in FORMATS:
         raise QueryError("ARG", f"format= must be text or json, got {fmt!r}")
     return fmt
-
-
-async def help_verb(command: Command) -> Reply:
-    if not command.args:
-        lines = [line for verb in VERBS.values() for line in (verb.usage, f"    {verb.summary}")]
-        return Reply(lines=[*lines, *FILTER_HELP], summary=f"{len(VERBS)} verbs")
-    name = command.args[0].upper()
-    verb = VERBS.get(name)
-    if verb is None:
-        raise QueryError("UNKNOWN", f"unknown verb {name}; try HELP")
-    return Reply(lines=[verb.usage, f"  {verb.summary}", *FILTER_HELP], summary=name)
 
 
 async def discard_line(reader: asyncio.StreamReader) -> None:

@@ -9,6 +9,7 @@ import datetime as dt
 import re
 import zoneinfo
 
+from collector.clock import HOUR_MS
 from collector.query.errors import QueryError
 
 MAX_BUCKETS = 100_000
@@ -18,10 +19,9 @@ MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant an ev
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ONE_MS = dt.timedelta(milliseconds=1)
-_HOUR_MS = 3_600_000
-_UNIT_MS = {"s": 1000, "m": 60_000, "h": _HOUR_MS, "d": 24 * _HOUR_MS, "w": 7 * 24 * _HOUR_MS}
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": HOUR_MS, "d": 24 * HOUR_MS, "w": 7 * 24 * HOUR_MS}
 # No calendar bucket is longer than twice these, which bounds the bucket count from below.
-_NOMINAL_BUCKET_MS = {"hour": _HOUR_MS, "day": 24 * _HOUR_MS, "week": 168 * _HOUR_MS}
+_NOMINAL_BUCKET_MS = {"hour": HOUR_MS, "day": 24 * HOUR_MS, "week": 168 * HOUR_MS}
 _NOMINAL_BUCKET_MS["month"] = 30 * _NOMINAL_BUCKET_MS["day"]
 _DAY_KEYWORDS = {"yesterday": -1, "today": 0, "tomorrow": 1}
 _EXPECTED = "expected now, today, yesterday, -7d, an ISO date or epoch seconds"
@@ -195,7 +195,7 @@ def _next_bucket(start_ms: int, unit: str, zone: dt.tzinfo) -> int:
         if unit == "hour":
             # Stepping real hours keeps both 02:00 of a DST fall-back; taking the local hour
             # start again keeps buckets on the hour after a half-hour offset change.
-            one_hour_later = start_ms + _HOUR_MS
+            one_hour_later = start_ms + HOUR_MS
             hour_start = _bucket_containing(one_hour_later, unit, zone)
             return hour_start if hour_start > start_ms else one_hour_later
         day = _to_local(start_ms, zone).date()

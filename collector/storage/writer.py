@@ -19,7 +19,9 @@ import aiosqlite
 import structlog
 
 from collector.buffer import CommitResult, EventBuffer, Group
+from collector.commits import CommitSignal
 from collector.events import Row
+from collector.settings import WriterSettings
 from collector.stats import Stats
 from collector.storage import schema
 
@@ -41,49 +43,27 @@ def prepare_database(path: Path, synchronous: str) -> list[int]:
         conn.close()
 
 
-class CommitSignal:
-    """Wakes whoever waits for new committed rows (TAIL readers)."""
-
-    def __init__(self) -> None:
-        self.listeners: set[asyncio.Event] = set()
-
-    def listen(self) -> asyncio.Event:
-        event = asyncio.Event()
-        self.listeners.add(event)
-        return event
-
-    def forget(self, event: asyncio.Event) -> None:
-        self.listeners.discard(event)
-
-    def notify(self) -> None:
-        for event in self.listeners:
-            event.set()
-
-
 class Writer:
     def __init__(
         self,
-        path: Path,
+        settings: WriterSettings,
         buffer: EventBuffer,
         stats: Stats,
         *,
-        batch_size: int,
-        batch_max_age: float,
-        synchronous: str = "normal",
-        delay: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.path = path
+        self.settings = settings
         self.buffer = buffer
         self.stats = stats
-        self.batch_size = batch_size
-        buffer.wake_at = batch_size  # the buffer wakes the writer when a batch is full
-        self.batch_max_age = batch_max_age
-        self.synchronous = synchronous
-        self.delay = delay
         self.clock = clock
         self.stopping = False
         self.commits = CommitSignal()
+        # The writer's wake-ups, rung by the buffer: a group is queued, a commit is due.
+        self.work_arrived = asyncio.Event()
+        self.commit_due = asyncio.Event()
+        buffer.wake_at = settings.batch_size
+        buffer.has_work.ring = self.work_arrived.set
+        buffer.batch_ready.ring = self.commit_due.set
         # When the commit now in progress (retries included) began; None between commits.
         self.commit_started: float | None = None
         self._db: aiosqlite.Connection | None = None
@@ -95,9 +75,10 @@ class Writer:
         return self._db
 
     async def open(self) -> list[int]:
-        applied = await asyncio.to_thread(prepare_database, self.path, self.synchronous)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in schema.writer_pragmas(self.synchronous):
+        settings = self.settings
+        applied = await asyncio.to_thread(prepare_database, settings.path, settings.synchronous)
+        self._db = await aiosqlite.connect(settings.path, isolation_level=None)
+        for pragma in schema.writer_pragmas(settings.synchronous):
             await self._db.execute(pragma)
         return applied
 
@@ -105,21 +86,22 @@ class Writer:
         """Commit until stopped and the buffer is empty."""
         buffer = self.buffer
         while True:
-            if not buffer.groups:
+            if not buffer.has_work.is_set():
                 if self.stopping:
                     return
-                await buffer.has_work.wait()
+                self.work_arrived.clear()
+                await self.work_arrived.wait()
                 continue
             await self._wait_for_batch()
-            groups = buffer.take(self.batch_size)
+            groups = buffer.take(self.settings.batch_size)
             await self._commit_until_done(groups)
             buffer.release(groups)
 
     def stop(self) -> None:
         """Flush what is buffered without waiting for size or age, then return from run()."""
         self.stopping = True
-        self.buffer.has_work.set()
-        self.buffer.batch_ready.set()
+        self.work_arrived.set()
+        self.commit_due.set()
 
     async def close(self) -> None:
         if self._db is None:
@@ -136,12 +118,12 @@ class Writer:
             oldest = buffer.oldest_received()
             if oldest is None:
                 return
-            remaining = oldest + self.batch_max_age - self.clock()
+            remaining = oldest + self.settings.batch_max_age - self.clock()
             if remaining <= 0:
                 return
-            buffer.batch_ready.clear()
+            self.commit_due.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(buffer.batch_ready.wait(), remaining)
+                await asyncio.wait_for(self.commit_due.wait(), remaining)
 
     async def _commit_until_done(self, groups: list[Group]) -> None:
         """Retry a failed commit with backoff: what was received is never dropped here."""
@@ -159,8 +141,8 @@ class Writer:
                 delay = min(delay * 2, RETRY_MAX_DELAY)
 
     async def _commit(self, groups: list[Group]) -> None:
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        if self.settings.delay:
+            await asyncio.sleep(self.settings.delay)
         db = self.db
         await db.execute("BEGIN IMMEDIATE")
         try:

@@ -28,8 +28,7 @@ from collector_client import query
 from collector_client.query import QueryClient, QueryError, TailStream
 
 from collector.config import Address
-from collector.daemon import Daemon
-from collector.testing import DaemonProcess, TcpClient, running_daemon, wait_until
+from collector.testing import DaemonProcess, StartedDaemon, TcpClient, running_daemon, wait_until
 
 IO_TIMEOUT = 10.0
 TOKEN_VARIABLE = "COLLECTOR_QUERY_TOKEN"
@@ -75,9 +74,8 @@ async def ingest(address: Address | None, events: list[dict[str, Any]], ack: str
         await client.close()
 
 
-def client_of(daemon: Daemon, token: str | None = None) -> QueryClient:
-    assert daemon.query_address is not None
-    address = daemon.query_address
+def client_of(daemon: StartedDaemon, token: str | None = None) -> QueryClient:
+    address = daemon.query
     return QueryClient(address.host, address.port, timeout=IO_TIMEOUT, token=token)
 
 
@@ -92,14 +90,14 @@ def take(stream: Iterator[Any], count: int) -> list[Any]:
 
 
 @pytest.fixture
-async def daemon(db_path: Path) -> AsyncIterator[Daemon]:
+async def daemon(db_path: Path) -> AsyncIterator[StartedDaemon]:
     async with running_daemon(db_path) as running:
-        await ingest(running.tcp_address, SEED)
+        await ingest(running.tcp, SEED)
         yield running
 
 
 @pytest.fixture
-async def client(daemon: Daemon) -> AsyncIterator[QueryClient]:
+async def client(daemon: StartedDaemon) -> AsyncIterator[QueryClient]:
     client = client_of(daemon)
     yield client
     client.close()
@@ -188,7 +186,7 @@ async def test_an_err_reply_raises_query_error_and_the_connection_lives_on(
 @pytest.mark.parametrize("token", ["s3cret", 'with spaces, "quotes", a=b and \\'])
 async def test_a_token_authenticates_the_connection(db_path: Path, token: str) -> None:
     async with running_daemon(db_path, query_token=token) as daemon:
-        await ingest(daemon.tcp_address, SEED)
+        await ingest(daemon.tcp, SEED)
         authenticated = client_of(daemon, token=token)
         assert await asyncio.to_thread(authenticated.run, "COUNT") == [{"events": 6}]
         authenticated.close()
@@ -215,7 +213,7 @@ async def test_export_yields_every_event_while_reading(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
         for event in bulk:
             event["extra"] = {"pad": padding}
-        await ingest(daemon.tcp_address, bulk)
+        await ingest(daemon.tcp, bulk)
         client = client_of(daemon)
         events = client.export("action=bulk")
         first = await asyncio.to_thread(next, events)
@@ -257,7 +255,7 @@ async def test_an_export_left_unfinished_does_not_spoil_the_next_command(
 
 
 async def test_tail_yields_events_committed_while_it_runs(
-    daemon: Daemon, client: QueryClient
+    daemon: StartedDaemon, client: QueryClient
 ) -> None:
     stream = await asyncio.to_thread(client.tail, "action!=login", 2, IO_TIMEOUT)
     first = await asyncio.to_thread(take, stream, 2)
@@ -272,7 +270,7 @@ async def test_tail_yields_events_committed_while_it_runs(
         {"action": "late", "user_id": "u4", "ts": at("2024-05-04", 9), "value": 1},
         {"action": "later", "user_id": "u5", "ts": at("2024-05-04", 10), "value": 2.5},
     ]
-    await ingest(daemon.tcp_address, late, ack="late")
+    await ingest(daemon.tcp, late, ack="late")
     arrived = await asyncio.wait_for(waiting, IO_TIMEOUT)
     assert [without_received_at(e) for e in arrived] == [
         stored(8, "2024-05-04T09:00:00.000Z", "u4", "late", value=1),
@@ -284,7 +282,7 @@ async def test_tail_yields_events_committed_while_it_runs(
 
 
 async def test_wait_live_tells_when_a_tail_listens_and_keeps_the_last_events(
-    daemon: Daemon, client: QueryClient
+    daemon: StartedDaemon, client: QueryClient
 ) -> None:
     stream = await asyncio.to_thread(client.tail, "user=u3", 1, IO_TIMEOUT)
     assert stream.live is False
@@ -292,19 +290,21 @@ async def test_wait_live_tells_when_a_tail_listens_and_keeps_the_last_events(
     assert stream.live is True
     # Only now is it certain that an event committed next will be streamed.
     later = {"action": "later", "user_id": "u3", "ts": at("2024-05-04", 10)}
-    await ingest(daemon.tcp_address, [later], ack="later")
+    await ingest(daemon.tcp, [later], ack="later")
     events = await asyncio.to_thread(take, stream, 2)
     assert [(e["id"], e["action"]) for e in events] == [(6, "OK"), (7, "later")]
     assert await asyncio.to_thread(stream.stop) == "OK 2 events, 0 missed"
 
 
-async def test_tail_says_what_a_slow_reader_missed(daemon: Daemon, client: QueryClient) -> None:
+async def test_tail_says_what_a_slow_reader_missed(
+    daemon: StartedDaemon, client: QueryClient
+) -> None:
     stream = await asyncio.to_thread(client.tail, "action=flood,signup", 1, IO_TIMEOUT)
     [signup] = await asyncio.to_thread(take, stream, 1)
     assert signup["action"] == "signup"
     # One batch, one commit: the TAIL sends the newest 1,000 and says it skipped the rest.
     flood = [{"action": "flood", "ts": at("2024-05-05", 0, i), "value": i} for i in range(2500)]
-    await ingest(daemon.tcp_address, flood, ack="flood")
+    await ingest(daemon.tcp, flood, ack="flood")
     lines = await asyncio.to_thread(take, stream, 1001)
     assert lines[0] == {"missed": 1500}
     assert [e["value"] for e in lines[1:]] == list(range(1500, 2500))
@@ -396,7 +396,6 @@ def daemon_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonP
 
 
 def port_args(process: DaemonProcess) -> list[str]:
-    assert process.query is not None
     return ["-H", process.query.host, "-p", str(process.query.port)]
 
 

@@ -27,8 +27,7 @@ QUICK_RETRY = {"backoff_initial": 0.02, "backoff_max": 0.2}
 
 async def test_udp_events_are_stored_exactly(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.udp_address is not None
-        port = daemon.udp_address.port
+        port = daemon.udp.port
         async with AsyncTracker("127.0.0.1", port, "udp", clock=lambda: FIXED_CLOCK) as tracker:
             for i in range(500):
                 tracker.track("scroll", user_id=i, value=i / 2, extra={"depth": {"px": i}})
@@ -50,8 +49,7 @@ async def test_udp_events_are_stored_exactly(db_path: Path) -> None:
 
 async def test_tcp_events_are_acknowledged(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        port = daemon.tcp_address.port
+        port = daemon.tcp.port
         async with AsyncTracker("127.0.0.1", port, "tcp", batch_size=64) as tracker:
             for i in range(1000):
                 tracker.track("tap", user_id=i % 10, value=i)
@@ -66,8 +64,7 @@ async def test_tcp_events_are_acknowledged(db_path: Path) -> None:
 
 async def test_tcp_survives_a_daemon_restart_and_stores_each_event_once(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        port = daemon.tcp_address.port
+        port = daemon.tcp.port
         tracker = AsyncTracker("127.0.0.1", port, "tcp", batch_size=50, **QUICK_RETRY)
         for i in range(1000):
             tracker.track("before", value=i)
@@ -89,16 +86,17 @@ async def test_tcp_survives_a_daemon_restart_and_stores_each_event_once(db_path:
 async def test_tcp_reconnects_quietly_after_the_daemon_closes_an_idle_connection(
     db_path: Path,
 ) -> None:
-    async with running_daemon(db_path, tcp_idle_timeout=0.2) as daemon:
-        assert daemon.tcp_address is not None
-        async with AsyncTracker("127.0.0.1", daemon.tcp_address.port, "tcp") as tracker:
-            tracker.track("first")
-            assert (await tracker.flush(WAIT)).complete
-            await wait_until(lambda: daemon.stats.tcp_idle_closed == 1, within=WAIT)
-            await wait_until(lambda: daemon.stats.tcp_connections_open == 0, within=WAIT)
-            tracker.track("second")
-            assert (await tracker.flush(WAIT)).complete
-            stats = tracker.stats()
+    async with (
+        running_daemon(db_path, tcp_idle_timeout=0.2) as daemon,
+        AsyncTracker("127.0.0.1", daemon.tcp.port, "tcp") as tracker,
+    ):
+        tracker.track("first")
+        assert (await tracker.flush(WAIT)).complete
+        await wait_until(lambda: daemon.stats.tcp_idle_closed == 1, within=WAIT)
+        await wait_until(lambda: daemon.stats.tcp_connections_open == 0, within=WAIT)
+        tracker.track("second")
+        assert (await tracker.flush(WAIT)).complete
+        stats = tracker.stats()
     assert (stats.acknowledged, stats.errors, stats.retries) == (2, 0, 0)
 
 
@@ -129,8 +127,7 @@ async def test_tcp_sends_a_batch_again_when_its_ack_does_not_come() -> None:
 
 async def test_a_full_queue_drops_the_oldest_when_told(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.udp_address is not None
-        port = daemon.udp_address.port
+        port = daemon.udp.port
         tracker = AsyncTracker(
             "127.0.0.1", port, max_queue=10, overflow="drop_oldest", linger_ms=60_000
         )

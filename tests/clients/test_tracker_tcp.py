@@ -45,8 +45,7 @@ async def flush(tracker: Tracker) -> None:
 
 async def test_acknowledged_events_are_in_the_database_with_exact_fields(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        tracker = tcp_tracker(daemon.tcp_address.port, clock=lambda: FIXED_CLOCK, batch_size=7)
+        tracker = tcp_tracker(daemon.tcp.port, clock=lambda: FIXED_CLOCK, batch_size=7)
         for i in range(50):
             tracker.track("click", user_id=i, value=i * 1.5, extra={"page": {"path": f"/{i}"}})
         tracker.track("signup", user_id="u-1", ts=1_600_000_000, id="signup-u-1")
@@ -68,8 +67,7 @@ async def test_acknowledged_events_are_in_the_database_with_exact_fields(db_path
 
 async def test_events_the_daemon_rejects_are_acknowledged_and_counted(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        tracker = tcp_tracker(daemon.tcp_address.port)
+        tracker = tcp_tracker(daemon.tcp.port)
         tracker.track("fine")
         tracker.track("x" * 201)  # longer than the daemon allows
         tracker.track("fine", value=float("nan"))
@@ -83,8 +81,7 @@ async def test_events_the_daemon_rejects_are_acknowledged_and_counted(db_path: P
 
 async def test_an_event_sent_twice_with_its_id_is_stored_once(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        tracker = tcp_tracker(daemon.tcp_address.port)
+        tracker = tcp_tracker(daemon.tcp.port)
         tracker.track("order", id="order-7")
         tracker.track("order", id="order-7")
         await flush(tracker)
@@ -95,8 +92,7 @@ async def test_an_event_sent_twice_with_its_id_is_stored_once(db_path: Path) -> 
 
 async def test_an_idle_connection_closed_by_the_daemon_is_no_error(db_path: Path) -> None:
     async with running_daemon(db_path, tcp_idle_timeout=0.2) as daemon:
-        assert daemon.tcp_address is not None
-        tracker = tcp_tracker(daemon.tcp_address.port)
+        tracker = tcp_tracker(daemon.tcp.port)
         tracker.track("first")
         await flush(tracker)
         await wait_until(lambda: daemon.stats.tcp_idle_closed == 1, within=WAIT)
@@ -117,10 +113,9 @@ async def test_a_full_queue_drops_as_configured_and_counts(
     db_path: Path, overflow: str, kept: range
 ) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
         # The 100 events that fit wait in one open batch, due in a minute: none leaves before
         # flush(), whatever the sender thread does meanwhile.
-        port = daemon.tcp_address.port
+        port = daemon.tcp.port
         tracker = tcp_tracker(port, max_queue=100, overflow=overflow, linger_ms=60_000)
         for i in range(250):
             tracker.track("queued", value=i)
@@ -157,8 +152,7 @@ def test_track_stays_fast_while_the_daemon_is_down() -> None:
 
 async def test_a_stopped_and_restarted_daemon_gets_every_event_once(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        port = daemon.tcp_address.port
+        port = daemon.tcp.port
         tracker = tcp_tracker(port, batch_size=50)
         for i in range(1000):
             tracker.track("before", value=i)
@@ -181,7 +175,6 @@ def test_a_daemon_process_stopped_mid_stream_gets_every_event_once(
     # Commits (and so acks) every 300 ms: batches are surely in flight when it stops.
     slow_acks = ["--eager-ack-commit", "false", "--batch-max-age-ms", "300"]
     first = DaemonProcess(db_path, slow_acks).start()
-    assert first.tcp is not None
     port = first.tcp.port
     tracker = tcp_tracker(port, batch_size=100, max_queue=100_000)
     try:
@@ -267,7 +260,6 @@ async def test_a_batch_without_ack_is_sent_again_with_the_same_ids(
 
 def test_many_threads_track_at_once_and_every_event_is_stored_once(db_path: Path) -> None:
     daemon = DaemonProcess(db_path).start()
-    assert daemon.tcp is not None
     tracker = tcp_tracker(daemon.tcp.port, max_queue=100_000)
     try:
         threads = [
@@ -354,7 +346,6 @@ def test_a_batch_the_daemon_always_refuses_is_split_then_its_event_dropped(
     # The daemon closes any connection that sends it an object over 1024 bytes: batches of
     # about 8 KB are split until they fit; the one event that never fits is dropped.
     daemon = DaemonProcess(db_path, ["--tcp-max-buffer-bytes", "1024"]).start()
-    assert daemon.tcp is not None
     reported: list[Exception] = []
     tracker = tcp_tracker(
         daemon.tcp.port, max_batch_bytes=8192, max_in_flight=1, max_attempts=2,

@@ -21,13 +21,11 @@ from test_tracker_support import (
     unreachable_udp_port,
 )
 
-from collector.daemon import Daemon
-from collector.testing import count_rows, running_daemon, wait_until
+from collector.testing import StartedDaemon, count_rows, running_daemon, wait_until
 
 
-def udp_tracker(daemon: Daemon, **options: Any) -> Tracker:
-    assert daemon.udp_address is not None
-    return Tracker(daemon.udp_address.host, daemon.udp_address.port, "udp", **options)
+def udp_tracker(daemon: StartedDaemon, **options: Any) -> Tracker:
+    return Tracker(daemon.udp.host, daemon.udp.port, "udp", **options)
 
 
 async def flush(tracker: Tracker) -> None:

@@ -43,7 +43,6 @@ def test_start_up_line_names_addresses_database_and_version(
 
 
 async def test_udp_and_tcp_ingest_end_to_end(daemon: DaemonProcess, db_path: Path) -> None:
-    assert daemon.udp is not None and daemon.tcp is not None
     send_udp(daemon.udp, {"action": "u1", "user_id": 7}, [{"action": "u2"}, {"action": "u3"}])
     client = await TcpClient.connect(daemon.tcp)
     await client.send({"action": "t1"}, [{"action": "t2"}, {"nope": True}])
@@ -62,7 +61,6 @@ async def test_udp_and_tcp_ingest_end_to_end(daemon: DaemonProcess, db_path: Pat
 async def test_corrupt_stream_is_closed_and_daemon_keeps_serving(
     daemon: DaemonProcess, db_path: Path
 ) -> None:
-    assert daemon.tcp is not None
     bad = await TcpClient.connect(daemon.tcp)
     await bad.send({"action": "kept"}, b"\xc1\x00\x00")
     assert await bad.closed_by_peer()
@@ -83,7 +81,6 @@ async def test_sigterm_commits_everything_already_received(db_path: Path) -> Non
         db_path,
         ["--batch-max-age-ms", "600000", "--batch-size", "1000000", "--stats-interval", "0.05"],
     ).start()
-    assert process.udp is not None and process.tcp is not None
     send_udp(process.udp, *({"action": "udp", "value": i} for i in range(300)))
     client = await TcpClient.connect(process.tcp)
     await client.send(*({"action": "tcp", "value": i} for i in range(500)))
@@ -101,7 +98,6 @@ async def test_sigterm_sends_pending_acks_before_exit(db_path: Path) -> None:
         db_path,
         ["--batch-max-age-ms", "600000", "--eager-ack-commit", "false", "--stats-interval", "0.05"],
     ).start()
-    assert process.tcp is not None
     client = await TcpClient.connect(process.tcp)
     await client.send({"events": [{"action": "late"}] * 3, "ack": "final"})
     await asyncio.to_thread(process.wait_for_log, received(3))
@@ -116,7 +112,6 @@ def test_second_signal_exits_at_once(db_path: Path) -> None:
     process = DaemonProcess(
         db_path, ["--writer-delay-ms", "600000", "--stats-interval", "0.05"]
     ).start()
-    assert process.udp is not None
     send_udp(process.udp, {"action": "stuck"})
     process.wait_for_log(received(1))
     process.signal(signal.SIGTERM)
@@ -138,7 +133,6 @@ def test_a_signal_delivered_twice_still_stops_gracefully(db_path: Path) -> None:
     process = DaemonProcess(
         db_path, ["--batch-max-age-ms", "600000", "--stats-interval", "0.05"]
     ).start()
-    assert process.udp is not None
     send_udp(process.udp, *({"action": "twice", "value": i} for i in range(50)))
     process.wait_for_log(received(50))
     # Two different signals, so the kernel cannot merge them into one delivery.
@@ -151,7 +145,6 @@ def test_a_signal_delivered_twice_still_stops_gracefully(db_path: Path) -> None:
 
 
 def test_garbage_datagram_is_quarantined(daemon: DaemonProcess, db_path: Path) -> None:
-    assert daemon.udp is not None
     send_udp(daemon.udp, b"\xff\xfe\xfd", msgpack.packb({"action": "fine"}))
     daemon.wait_for_log(lambda r: r.get("event") == "stats" and r["datagrams_received"] == 2)
     assert daemon.stop() == 0

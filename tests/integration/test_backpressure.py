@@ -23,8 +23,7 @@ async def test_fast_tcp_sender_loses_nothing_and_buffer_stays_bounded(db_path: P
         [{"action": "flood", "user_id": n, "value": i} for i in range(50)] for n in range(400)
     ]
     async with running_daemon(db_path, **SLOW_WRITER) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send(*objects, {"events": [{"action": "last"}], "ack": "end"})
         assert await client.reply(within=60) == {"ack": "end", "stored": 1, "rejected": 0}
         stats = daemon.stats
@@ -49,8 +48,7 @@ async def test_udp_flood_is_dropped_and_counted_never_buffered_without_bound(
     db_path: Path,
 ) -> None:
     async with running_daemon(db_path, **SLOW_WRITER) as daemon:
-        assert daemon.udp_address is not None
-        await asyncio.to_thread(flood_udp, daemon.udp_address.port, 20_000)
+        await asyncio.to_thread(flood_udp, daemon.udp.port, 20_000)
         stats = daemon.stats
 
         def settled() -> bool:
@@ -62,8 +60,7 @@ async def test_udp_flood_is_dropped_and_counted_never_buffered_without_bound(
         assert stats.datagrams_dropped == stats.events_dropped
         assert stats.buffer_events_peak <= 1000 + 1
         # A TCP batch right after the flood is still acknowledged.
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send({"events": [{"action": "after-flood"}], "ack": "probe"})
         assert await client.reply(within=30) == {"ack": "probe", "stored": 1, "rejected": 0}
         await client.close()

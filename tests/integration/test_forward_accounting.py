@@ -12,8 +12,7 @@ from typing import Any
 
 import msgpack
 
-from collector.daemon import Daemon
-from collector.testing import TcpClient, count_rows, running_daemon
+from collector.testing import StartedDaemon, TcpClient, count_rows, running_daemon
 
 T = 1_441_588_984
 KEY = "shared-s3cret"
@@ -24,7 +23,7 @@ def forward(chunk: str | None, count: int = 3, tag: str = "app") -> bytes:
     return bytes(msgpack.packb([tag, [[T, {"n": i}] for i in range(count)], option]))
 
 
-def exactly(daemon: Daemon, **expected: int) -> None:
+def exactly(daemon: StartedDaemon, **expected: int) -> None:
     stats = daemon.stats
     assert {name: getattr(stats, name) for name in expected} == expected
 
@@ -32,8 +31,7 @@ def exactly(daemon: Daemon, **expected: int) -> None:
 async def test_counters_after_a_refused_request(db_path: Path) -> None:
     before, refused, after = forward("r1"), b"\x93\xa3app\x90\xa3opt", forward("r3")
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send(before + refused + after)
         assert await client.reply() == {"ack": "r1"}
         assert await client.closed_by_peer()
@@ -61,8 +59,7 @@ async def test_whole_requests_after_bytes_that_are_not_msgpack_are_counted(
 ) -> None:
     after = forward("never") + forward(None)
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send(forward("ok") + b"\xc1\xc1" + after)
         client.writer.write_eof()
         assert await client.reply() == {"ack": "ok"}
@@ -87,8 +84,7 @@ def ping(nonce: bytes, key: str) -> list[Any]:
 
 async def test_nil_keepalives_before_and_after_the_ping(db_path: Path) -> None:
     async with running_daemon(db_path, forward_shared_key=KEY) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         kind, options = await client.reply()
         assert kind == "HELO"
         await client.send(None, None, ping(options["nonce"], KEY), None, forward("after"))
@@ -111,8 +107,7 @@ async def test_nil_keepalives_before_and_after_the_ping(db_path: Path) -> None:
 async def test_what_follows_a_refused_ping_is_discarded_and_counted(db_path: Path) -> None:
     following = bytes(msgpack.packb(None)) + forward("sneaky")
     async with running_daemon(db_path, forward_shared_key=KEY) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         _, options = await client.reply()
         await client.send(msgpack.packb(ping(options["nonce"], "a guess")) + following)
         assert await client.reply() == ["PONG", False, "shared_key mismatch", "", ""]
@@ -134,8 +129,7 @@ async def test_what_follows_a_refused_ping_is_discarded_and_counted(db_path: Pat
 async def test_a_partial_request_at_an_idle_close_is_counted(db_path: Path) -> None:
     request = forward("slow")
     async with running_daemon(db_path, tcp_idle_timeout=0.2) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send(request + request[:10])
         assert await client.reply() == {"ack": "slow"}
         assert await client.closed_by_peer()
@@ -164,8 +158,7 @@ async def test_an_object_bomb_is_quarantined_unbuilt_and_acknowledged(db_path: P
     request = msgpack.packb(["app", bomb, {"compressed": "gzip", "chunk": "bomb"}])
     assert len(request) < 20_000
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send(request)
         assert await client.reply() == {"ack": "bomb"}
         await client.close()

@@ -18,8 +18,7 @@ from typing import Any
 
 import msgpack
 
-from collector.daemon import Daemon
-from collector.testing import TcpClient, count_rows, running_daemon, wait_until
+from collector.testing import StartedDaemon, TcpClient, count_rows, running_daemon, wait_until
 
 T = 1_441_588_984
 
@@ -67,8 +66,7 @@ async def test_forward_requests_pause_resume_and_are_all_acked_in_order(db_path:
     async with running_daemon(
         db_path, writer_delay_ms=20.0, batch_size=200, buffer_max_events=500
     ) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send(*requests, forward("app.noack", 25))
         assert [await client.reply(within=60) for _ in requests] == [
             {"ack": f"c{i}"} for i in range(120)
@@ -84,10 +82,9 @@ async def test_forward_requests_pause_resume_and_are_all_acked_in_order(db_path:
     assert rows_by_tag(db_path) == {"app.0": 1000, "app.1": 1000, "app.2": 1000, "app.noack": 25}
 
 
-async def reset_while_paused(daemon: Daemon, stream: bytes) -> None:
+async def reset_while_paused(daemon: StartedDaemon, stream: bytes) -> None:
     """Send the stream, wait until the connection pauses, reset it before any commit."""
-    assert daemon.tcp_address is not None
-    client = await TcpClient.connect(daemon.tcp_address)
+    client = await TcpClient.connect(daemon.tcp)
     await client.send(stream)
     await wait_until(lambda: daemon.stats.tcp_pauses == 1)
     assert daemon.stats.events_stored == 0  # the writer is still sleeping on its first commit

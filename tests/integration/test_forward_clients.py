@@ -46,8 +46,7 @@ def assert_logins(rows: list[tuple[Any, ...]], count: int) -> None:
 
 async def test_fluent_sender_with_integer_time(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        host, port = daemon.tcp_address
+        host, port = daemon.tcp
         before = int(time.time())
         await asyncio.to_thread(emit_all, sender.FluentSender("app", host, port), logins(25))
         after = int(time.time())
@@ -60,8 +59,7 @@ async def test_fluent_sender_with_integer_time(db_path: Path) -> None:
 
 async def test_fluent_sender_with_nanosecond_precision(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        host, port = daemon.tcp_address
+        host, port = daemon.tcp
         client = sender.FluentSender("app", host, port, nanosecond_precision=True)
         before = time.time_ns() // 1_000_000
         await asyncio.to_thread(emit_all, client, logins(25))
@@ -83,8 +81,7 @@ async def test_fluent_sender_explicit_times_and_an_action_field(db_path: Path) -
             client.close()
 
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        await asyncio.to_thread(send, *daemon.tcp_address)
+        await asyncio.to_thread(send, *daemon.tcp)
         await wait_until(lambda: daemon.stats.events_stored == 2)
     assert event_rows(db_path) == [
         (1_441_588_984_000, None, "purchase", None, {"tag": "shop.order"}, None),
@@ -95,11 +92,10 @@ async def test_fluent_sender_explicit_times_and_an_action_field(db_path: Path) -
 async def test_the_tag_is_queryable_as_extra_tag(db_path: Path) -> None:
     events = [("login", {"user_id": "a"}), ("logout", {"user_id": "a"}), ("login", {})]
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None and daemon.query_address is not None
-        client = sender.FluentSender("app", *daemon.tcp_address)
+        client = sender.FluentSender("app", *daemon.tcp)
         await asyncio.to_thread(emit_all, client, events)
         await wait_until(lambda: daemon.stats.events_stored == 3)
-        query = await QueryClient.connect(daemon.query_address)
+        query = await QueryClient.connect(daemon.query)
         data, status = await query.ask("COUNT by=extra.tag format=json")
         assert status.startswith("OK")
         assert [json.loads(line) for line in data] == [
@@ -113,8 +109,7 @@ async def test_the_tag_is_queryable_as_extra_tag(db_path: Path) -> None:
 
 async def test_async_fluent_sender(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        host, port = daemon.tcp_address
+        host, port = daemon.tcp
         client = asyncsender.FluentSender("app", host, port, queue_maxsize=1000)
         # close() waits until the sender thread has sent everything queued.
         await asyncio.to_thread(emit_all, client, logins(60))
@@ -131,7 +126,6 @@ async def test_fluent_sender_to_a_daemon_process_with_a_configured_mapping(
         env={"COLLECTOR_FORWARD_VALUE_FIELD": "amount"},
     ).start()
     try:
-        assert daemon.tcp is not None
         client = sender.FluentSender("billing", daemon.tcp.host, daemon.tcp.port)
         events = [("charge", {"uid": "c1", "amount": 9.5, "value": "kept"})] * 3
         await asyncio.to_thread(emit_all, client, events)
@@ -152,8 +146,7 @@ async def receive(sock: socket.socket) -> tuple[bytes, Any]:
 
 async def test_heartbeats_are_answered_with_one_zero_byte(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.udp_address is not None
-        address: Address = daemon.udp_address
+        address: Address = daemon.udp
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
             sock.setblocking(False)
@@ -168,15 +161,14 @@ async def test_heartbeats_are_answered_with_one_zero_byte(db_path: Path) -> None
 
 async def test_event_datagrams_are_never_answered(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.udp_address is not None
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
             sock.setblocking(False)
             # A native event, a forward-shaped array and garbage, then a heartbeat: the
             # heartbeat's answer is the only datagram that comes back.
             for payload in (b"\x81\xa6action\xa2ok", b"\x93\xa3app\x01\x80", b"\xc1\xc1"):
-                sock.sendto(payload, daemon.udp_address)
-            sock.sendto(b"\x00", daemon.udp_address)
+                sock.sendto(payload, daemon.udp)
+            sock.sendto(b"\x00", daemon.udp)
             assert (await receive(sock))[0] == b"\x00"
             await wait_until(lambda: daemon.stats.events_stored == 1)
             assert daemon.stats.datagrams_received == 4
@@ -189,8 +181,7 @@ async def test_event_datagrams_are_never_answered(db_path: Path) -> None:
 
 async def test_events_and_heartbeats_from_one_sender_are_told_apart(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.udp_address is not None
-        send_udp(daemon.udp_address, {"action": "still-native"}, b"\x00")
+        send_udp(daemon.udp, {"action": "still-native"}, b"\x00")
         await wait_until(lambda: daemon.stats.events_stored == 1)
         await wait_until(lambda: daemon.stats.udp_heartbeats == 1)
     assert count_rows(db_path, where="action = 'still-native'") == 1
@@ -200,8 +191,7 @@ async def test_a_forward_request_over_udp_is_quarantined_whole_once(db_path: Pat
     message = msgpack.packb(["app", 1_441_588_984, {"k": 1}])
     forward_mode = msgpack.packb(["app", [[1_441_588_984, {}], [1_441_588_985, {}]], {}])
     async with running_daemon(db_path) as daemon:
-        assert daemon.udp_address is not None
-        send_udp(daemon.udp_address, message, forward_mode, {"action": "native"})
+        send_udp(daemon.udp, message, forward_mode, {"action": "native"})
         await wait_until(lambda: daemon.stats.quarantined == 2 and daemon.stats.events_stored == 1)
         assert daemon.stats.events_rejected == 2
         assert daemon.stats.decode_errors == 0

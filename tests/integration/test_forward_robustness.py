@@ -13,8 +13,7 @@ from typing import Any
 
 import msgpack
 
-from collector.daemon import Daemon
-from collector.testing import TcpClient, count_rows, running_daemon, wait_until
+from collector.testing import StartedDaemon, TcpClient, count_rows, running_daemon, wait_until
 
 T = 1_441_588_984
 EVENT_TIME = msgpack.ExtType(0, struct.pack(">II", T, 5))
@@ -35,10 +34,9 @@ def str_blob_request(chunk: str, count: int = 3) -> bytes:
     return head + blob + msgpack.packb({"chunk": chunk})
 
 
-async def acked(daemon: Daemon, request: bytes, chunk: str) -> None:
+async def acked(daemon: StartedDaemon, request: bytes, chunk: str) -> None:
     """Send one request on its own connection and wait for its ack."""
-    assert daemon.tcp_address is not None
-    client = await TcpClient.connect(daemon.tcp_address)
+    client = await TcpClient.connect(daemon.tcp)
     await client.send(request)
     assert await client.reply() == {"ack": chunk}
     await client.close()
@@ -66,7 +64,7 @@ SWEPT = (
 )
 
 
-def counters(daemon: Daemon) -> dict[str, int]:
+def counters(daemon: StartedDaemon) -> dict[str, int]:
     return {name: getattr(daemon.stats, name) for name in SWEPT}
 
 
@@ -121,11 +119,10 @@ async def test_corruptions_at_chosen_offsets_close_the_connection_and_are_counte
         "compression name": (request.index(b"gzip") + 1, ord("x")),
     }
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
         await acked(daemon, request, "ok")
         for number, (offset, byte) in enumerate(corruptions.values(), start=1):
             corrupt = request[:offset] + bytes([byte]) + request[offset + 1 :]
-            client = await TcpClient.connect(daemon.tcp_address)
+            client = await TcpClient.connect(daemon.tcp)
             await client.send(corrupt)
             assert await everything_sent_back(client) == b""  # no ack, then closed
             assert daemon.stats.decode_errors == number
@@ -141,14 +138,13 @@ async def test_corruptions_at_chosen_offsets_close_the_connection_and_are_counte
 async def test_every_single_byte_corruption_leaves_the_daemon_healthy(db_path: Path) -> None:
     request = str_blob_request("sweep")
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
         await acked(daemon, request, "sweep")
         outcomes: dict[str, int] = {}
         acks = 0
         for offset in range(len(request)):
             before = counters(daemon)
             corrupt = request[:offset] + b"\xc1" + request[offset + 1 :]
-            client = await TcpClient.connect(daemon.tcp_address)
+            client = await TcpClient.connect(daemon.tcp)
             await client.send(corrupt)
             client.writer.write_eof()
             replies = msgpack.Unpacker(raw=True, strict_map_key=False)
@@ -183,11 +179,10 @@ async def test_truncated_requests_store_nothing_and_count_every_byte(db_path: Pa
     request = compressed_request("whole")
     cuts = sorted({1, 2, 5, len(request) // 3, len(request) // 2, len(request) - 1})
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
         await acked(daemon, request, "whole")
         truncated = 0
         for cut in cuts:
-            client = await TcpClient.connect(daemon.tcp_address)
+            client = await TcpClient.connect(daemon.tcp)
             await client.send(request[:cut])
             client.writer.write_eof()
             assert await everything_sent_back(client) == b""
@@ -206,8 +201,7 @@ async def test_a_decompression_bomb_is_refused_and_counted(db_path: Path) -> Non
     bomb = inflater.compress(bytes(32 * 1024 * 1024)) + inflater.flush()
     request = msgpack.packb(["app", bomb, {"compressed": "gzip", "chunk": "boom"}])
     async with running_daemon(db_path, forward_max_decompressed_bytes=1024 * 1024) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send(request)
         assert await everything_sent_back(client) == b""
         await client.close()
@@ -255,8 +249,7 @@ async def test_handshake_with_the_right_key_then_events(db_path: Path) -> None:
     async with running_daemon(
         db_path, forward_shared_key=KEY, forward_hostname="collector.test"
     ) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         pong = await handshake(client, KEY)
         assert pong[:4] == ["PONG", True, "", "collector.test"]
         await client.send(compressed_request("authed"))
@@ -268,8 +261,7 @@ async def test_handshake_with_the_right_key_then_events(db_path: Path) -> None:
 
 async def test_handshake_with_a_wrong_key_is_refused_and_closed(db_path: Path) -> None:
     async with running_daemon(db_path, forward_shared_key=KEY) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         pong = await handshake(client, "a guess")
         assert pong == ["PONG", False, "shared_key mismatch", "", ""]
         await client.send(compressed_request("sneaky"))
@@ -282,8 +274,7 @@ async def test_handshake_with_a_wrong_key_is_refused_and_closed(db_path: Path) -
 
 async def test_with_a_key_even_native_events_need_the_handshake(db_path: Path) -> None:
     async with running_daemon(db_path, forward_shared_key=KEY) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         assert (await client.reply())[0] == "HELO"
         await client.send({"events": [{"action": "native"}], "ack": "n"})
         assert await client.reply() == ["PONG", False, "invalid ping message", "", ""]
@@ -298,8 +289,7 @@ async def test_with_a_key_even_native_events_need_the_handshake(db_path: Path) -
 async def test_native_and_forward_on_one_connection_acked_in_order(db_path: Path) -> None:
     native = {"events": [{"action": "a"}, {"action": "b"}], "ack": "native-1"}
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send(
             None, compressed_request("fwd-1"), native, None, ["app", T, {}, {"chunk": "fwd-2"}]
         )
@@ -315,8 +305,7 @@ async def test_native_and_forward_on_one_connection_acked_in_order(db_path: Path
 
 async def test_native_batch_of_maps_is_still_native(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send([{"action": "x", "user_id": 1}], {"events": [], "ack": "sync"})
         assert await client.reply() == {"ack": "sync", "stored": 0, "rejected": 0}
         await client.close()
@@ -330,8 +319,7 @@ async def test_text_that_is_not_utf8_on_a_forward_connection(db_path: Path) -> N
     bad_record = b"\x94\xa3app\x01\x81\xa1m\xa2\xff\xfe\x81\xa5chunk\xa1f"
     bad_token = b"\x82\xa6events\x90\xa3ack\xa2\xff\xfe"
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send(["app", T, {}], bad_record, bad_token, ["app", T, {}, {"chunk": "c"}])
         assert await client.reply() == {"ack": "f"}
         assert await client.closed_by_peer()
@@ -344,8 +332,7 @@ async def test_text_that_is_not_utf8_on_a_forward_connection(db_path: Path) -> N
 async def test_a_str_blob_after_native_events_closes_that_connection(db_path: Path) -> None:
     """Documented limitation: a connection that starts native decodes str strictly."""
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send({"events": [{"action": "first"}], "ack": "n"}, str_blob_request("s"))
         assert await client.reply() == {"ack": "n", "stored": 1, "rejected": 0}
         assert await client.closed_by_peer()

@@ -171,8 +171,7 @@ async def test_vector_with_chunk_is_acked_only_after_its_rows_are_committed(
     db_path: Path, vector: Vector
 ) -> None:
     async with running_daemon(db_path, writer_delay_ms=30.0) as daemon:
-        assert daemon.tcp_address is not None
-        reader, writer = await asyncio.open_connection(*daemon.tcp_address)
+        reader, writer = await asyncio.open_connection(*daemon.tcp)
         writer.write(vector.build(CHUNK))
         expected = ack_bytes(CHUNK)
         reply = await asyncio.wait_for(reader.readexactly(len(expected)), 10)
@@ -190,8 +189,7 @@ async def test_vector_without_chunk_is_stored_and_never_answered(
     db_path: Path, vector: Vector
 ) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None
-        reader, writer = await asyncio.open_connection(*daemon.tcp_address)
+        reader, writer = await asyncio.open_connection(*daemon.tcp)
         # Replies come in request order, so the probe's ack being the first byte back
         # proves nothing was sent for the request without a chunk.
         writer.write(vector.build(None) + PROBE)

@@ -31,8 +31,7 @@ async def test_single_event_is_stored_with_exact_fields(db_path: Path) -> None:
         "id": "m-1",
     }
     async with running_daemon(db_path) as daemon:
-        assert daemon.udp_address is not None
-        send_udp(daemon.udp_address, event)
+        send_udp(daemon.udp, event)
         await wait_until(lambda: daemon.stats.events_stored == 1)
     [row] = fetch_events(db_path)
     assert row[:4] == (1_700_000_000_123, "42", "click", "signup-button")
@@ -46,8 +45,7 @@ async def test_single_event_is_stored_with_exact_fields(db_path: Path) -> None:
 async def test_batches_and_single_events_in_many_datagrams(db_path: Path) -> None:
     batch = [{"action": "view", "user_id": f"u{i}", "value": i} for i in range(50)]
     async with running_daemon(db_path) as daemon:
-        assert daemon.udp_address is not None
-        send_udp(daemon.udp_address, batch, {"action": "one"}, batch)
+        send_udp(daemon.udp, batch, {"action": "one"}, batch)
         await wait_until(lambda: daemon.stats.events_stored == 101)
         assert daemon.stats.datagrams_received == 3
         assert daemon.stats.events_received == 101
@@ -58,8 +56,7 @@ async def test_batches_and_single_events_in_many_datagrams(db_path: Path) -> Non
 async def test_garbage_datagram_is_quarantined_with_reason(db_path: Path) -> None:
     garbage = b"\xc1 definitely not msgpack"
     async with running_daemon(db_path) as daemon:
-        assert daemon.udp_address is not None
-        send_udp(daemon.udp_address, garbage, b"\x92\x01", {"action": "ok"})
+        send_udp(daemon.udp, garbage, b"\x92\x01", {"action": "ok"})
         await wait_until(lambda: daemon.stats.quarantined == 2 and daemon.stats.events_stored == 1)
         assert daemon.stats.decode_errors == 2
     conn = sqlite3.connect(db_path)
@@ -80,8 +77,7 @@ async def test_mixed_batch_keeps_good_events_and_quarantines_bad(db_path: Path) 
         {"action": "ok", "extra": {"k": 1}, "surprise": "kept"},
     ]
     async with running_daemon(db_path) as daemon:
-        assert daemon.udp_address is not None
-        send_udp(daemon.udp_address, batch)
+        send_udp(daemon.udp, batch)
         await wait_until(lambda: daemon.stats.quarantined == 4)
         assert daemon.stats.events_stored == 2
         assert daemon.stats.events_rejected == 4
@@ -92,10 +88,9 @@ async def test_mixed_batch_keeps_good_events_and_quarantines_bad(db_path: Path) 
 
 async def test_duplicate_ids_are_stored_once(db_path: Path) -> None:
     async with running_daemon(db_path) as daemon:
-        assert daemon.udp_address is not None
-        send_udp(daemon.udp_address, {"action": "a", "id": "same"})
+        send_udp(daemon.udp, {"action": "a", "id": "same"})
         await wait_until(lambda: daemon.stats.events_stored == 1)
-        send_udp(daemon.udp_address, {"action": "a", "id": "same"}, {"action": "a"})
+        send_udp(daemon.udp, {"action": "a", "id": "same"}, {"action": "a"})
         await wait_until(lambda: daemon.stats.events_stored == 2)
         assert daemon.stats.events_duplicate == 1
     assert count_rows(db_path) == 2

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from collector.query.compiler import Query
+from collector.backends.sqlite.compiler import Query
+from collector.backends.sqlite.reader import Reader
 from collector.query.errors import QueryError
-from collector.query.reader import Reader
+from collector.settings import ReaderSettings
 from collector.storage import schema
 from collector.testing import wait_until
 
@@ -33,7 +34,7 @@ def reader(tmp_path: Path) -> Reader:
     conn = sqlite3.connect(path, isolation_level=None)
     schema.migrate(conn)
     conn.close()
-    return Reader(path, timeout=600.0, max_rows=100, concurrency=2)
+    return Reader(ReaderSettings(path, timeout=600.0, max_rows=100, concurrency=2))
 
 
 async def test_a_cancelled_query_keeps_its_connection_until_its_thread_ends(

@@ -11,8 +11,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from collector.daemon import Daemon
-from collector.testing import QueryClient, TcpClient, running_daemon
+from collector.testing import QueryClient, StartedDaemon, TcpClient, running_daemon
 
 
 def at(iso_day: str, hour: int = 12) -> msgpack.Timestamp:
@@ -36,10 +35,9 @@ SEED = [
 
 
 @pytest.fixture
-async def daemon(db_path: Path) -> AsyncIterator[Daemon]:
+async def daemon(db_path: Path) -> AsyncIterator[StartedDaemon]:
     async with running_daemon(db_path) as running:
-        assert running.tcp_address is not None
-        client = await TcpClient.connect(running.tcp_address)
+        client = await TcpClient.connect(running.tcp)
         await client.send({"events": SEED, "ack": "seed"})
         assert (await client.reply())["stored"] == len(SEED)
         await client.close()
@@ -47,9 +45,8 @@ async def daemon(db_path: Path) -> AsyncIterator[Daemon]:
 
 
 @pytest.fixture
-async def query(daemon: Daemon) -> AsyncIterator[QueryClient]:
-    assert daemon.query_address is not None
-    client = await QueryClient.connect(daemon.query_address)
+async def query(daemon: StartedDaemon) -> AsyncIterator[QueryClient]:
+    client = await QueryClient.connect(daemon.query)
     yield client
     await client.close()
 
@@ -191,9 +188,8 @@ async def test_events_in_json_keep_types(query: QueryClient) -> None:
     assert data[1].split()[-1] == '{"plan":"pro"}'
 
 
-async def test_quarantine_lists_rejected_input(daemon: Daemon, query: QueryClient) -> None:
-    assert daemon.tcp_address is not None
-    client = await TcpClient.connect(daemon.tcp_address)
+async def test_quarantine_lists_rejected_input(daemon: StartedDaemon, query: QueryClient) -> None:
+    client = await TcpClient.connect(daemon.tcp)
     await client.send({"events": [{"value": 1}], "ack": "bad"})
     assert (await client.reply())["rejected"] == 1
     await client.close()
@@ -288,8 +284,7 @@ async def test_sql_refuses_anything_but_reading(query: QueryClient, statement: s
 
 async def test_sql_row_cap_and_timeout(db_path: Path) -> None:
     async with running_daemon(db_path, query_max_rows=3, query_timeout_ms=200.0) as daemon:
-        assert daemon.query_address is not None
-        client = await QueryClient.connect(daemon.query_address)
+        client = await QueryClient.connect(daemon.query)
         data, status = await client.ask(
             "SQL WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 10) "
             "SELECT i FROM n"
@@ -305,8 +300,7 @@ async def test_sql_row_cap_and_timeout(db_path: Path) -> None:
 
 async def test_sql_can_be_switched_off(db_path: Path) -> None:
     async with running_daemon(db_path, query_sql_enabled=False) as daemon:
-        assert daemon.query_address is not None
-        client = await QueryClient.connect(daemon.query_address)
+        client = await QueryClient.connect(daemon.query)
         _, status = await client.ask("SQL SELECT 1")
         assert status.startswith("ERR UNKNOWN the SQL verb is switched off")
         await client.close()
@@ -316,8 +310,7 @@ async def test_auth_is_required_when_a_token_is_set(db_path: Path, tmp_path: Pat
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
     async with running_daemon(db_path, query_token_file=str(token_file)) as daemon:
-        assert daemon.query_address is not None
-        client = await QueryClient.connect(daemon.query_address)
+        client = await QueryClient.connect(daemon.query)
         assert await client.ask("PING") == ([], "OK PONG")
         assert await client.ask("COUNT") == ([], "ERR AUTH authenticate first: AUTH TOKEN")
         assert await client.ask("AUTH wrong") == ([], "ERR AUTH wrong token")
@@ -326,7 +319,7 @@ async def test_auth_is_required_when_a_token_is_set(db_path: Path, tmp_path: Pat
         data, status = await client.ask("COUNT")
         assert (data, status[:2]) == (["events", "0"], "OK")
         await client.close()
-        other = await QueryClient.connect(daemon.query_address)
+        other = await QueryClient.connect(daemon.query)
         assert (await other.ask("EVENTS"))[1].startswith("ERR AUTH")
         await other.close()
 
@@ -355,12 +348,11 @@ async def test_export_csv_has_a_header_and_one_line_per_event(query: QueryClient
 async def test_export_pages_through_more_than_one_chunk(db_path: Path) -> None:
     batch = [{"action": "bulk", "value": i} for i in range(2500)]
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None and daemon.query_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send({"events": batch, "ack": "bulk"})
         assert (await client.reply())["stored"] == 2500
         await client.close()
-        query = await QueryClient.connect(daemon.query_address)
+        query = await QueryClient.connect(daemon.query)
         data, status = await query.ask("EXPORT")
         assert [json.loads(line)["value"] for line in data] == list(range(2500))
         assert status == "OK 2500 events exported"
@@ -368,14 +360,13 @@ async def test_export_pages_through_more_than_one_chunk(db_path: Path) -> None:
 
 
 async def test_tail_sends_the_last_events_then_new_ones_until_a_line(
-    daemon: Daemon, query: QueryClient
+    daemon: StartedDaemon, query: QueryClient
 ) -> None:
     await query.send("TAIL n=2 action!=login format=json")
     first = [json.loads(await query.reader.readline()) for _ in range(2)]
     assert [e["action"] for e in first] == ["click", "OK"]
     assert json.loads(await query.reader.readline()) == {"live": True}
-    assert daemon.tcp_address is not None
-    client = await TcpClient.connect(daemon.tcp_address)
+    client = await TcpClient.connect(daemon.tcp)
     await client.send({"events": [{"action": "login"}, {"action": "late", "value": 1}], "ack": "a"})
     assert (await client.reply())["stored"] == 2
     await client.close()
@@ -387,12 +378,11 @@ async def test_tail_sends_the_last_events_then_new_ones_until_a_line(
     assert await query.ask("PING") == ([], "OK PONG")
 
 
-async def test_a_text_tail_says_when_it_is_live(daemon: Daemon, query: QueryClient) -> None:
+async def test_a_text_tail_says_when_it_is_live(daemon: StartedDaemon, query: QueryClient) -> None:
     await query.send("TAIL n=0 user=u9")
     live = await query.reader.readline()
     assert live == b"# live: new events follow as they are committed; send any line to stop\r\n"
-    assert daemon.tcp_address is not None
-    client = await TcpClient.connect(daemon.tcp_address)
+    client = await TcpClient.connect(daemon.tcp)
     await client.send({"events": [{"action": "late", "user_id": "u9", "value": 5}], "ack": "a"})
     assert (await client.reply())["stored"] == 1
     await client.close()
@@ -405,13 +395,12 @@ async def test_a_text_tail_says_when_it_is_live(daemon: Daemon, query: QueryClie
 async def test_a_stalled_tail_reader_never_slows_ingestion(db_path: Path) -> None:
     total = 30_000
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None and daemon.query_address is not None
-        tail = await QueryClient.connect(daemon.query_address)
+        tail = await QueryClient.connect(daemon.query)
         await tail.send("PING", "TAIL n=0 action=flood format=json")
         assert await tail.reply() == ([], "OK PONG")
         assert json.loads(await tail.reader.readline()) == {"live": True}
         # The tail reader reads nothing while 30,000 events are ingested and acknowledged.
-        sender = await TcpClient.connect(daemon.tcp_address)
+        sender = await TcpClient.connect(daemon.tcp)
         for batch in range(total // 1000):
             events = [{"action": "flood", "value": batch * 1000 + i} for i in range(1000)]
             await sender.send({"events": events, "ack": str(batch)})
@@ -433,10 +422,9 @@ async def test_a_stalled_tail_reader_never_slows_ingestion(db_path: Path) -> Non
 
 async def test_query_connections_over_the_limit_are_told_busy(db_path: Path) -> None:
     async with running_daemon(db_path, query_max_connections=1) as daemon:
-        assert daemon.query_address is not None
-        first = await QueryClient.connect(daemon.query_address)
+        first = await QueryClient.connect(daemon.query)
         assert await first.ask("PING") == ([], "OK PONG")
-        second = await QueryClient.connect(daemon.query_address)
+        second = await QueryClient.connect(daemon.query)
         assert await second.reply() == ([], "ERR BUSY too many query connections; try again later")
         assert await second.reader.read() == b""
         assert await first.ask("PING") == ([], "OK PONG")
@@ -446,8 +434,7 @@ async def test_query_connections_over_the_limit_are_told_busy(db_path: Path) -> 
 
 async def test_idle_query_connection_is_closed(db_path: Path) -> None:
     async with running_daemon(db_path, query_idle_timeout=0.2) as daemon:
-        assert daemon.query_address is not None
-        client = await QueryClient.connect(daemon.query_address)
+        client = await QueryClient.connect(daemon.query)
         assert await client.reply() == ([], "ERR TIMEOUT idle for 0.2s; closing")
         async with asyncio.timeout(10):
             assert await client.reader.read() == b""
@@ -466,12 +453,11 @@ async def test_yesterday_depends_on_the_time_zone(db_path: Path) -> None:
         for user, hours in moments.items()
     ]
     async with running_daemon(db_path) as daemon:
-        assert daemon.tcp_address is not None and daemon.query_address is not None
-        client = await TcpClient.connect(daemon.tcp_address)
+        client = await TcpClient.connect(daemon.tcp)
         await client.send({"events": seed, "ack": "s"})
         assert (await client.reply())["stored"] == 3
         await client.close()
-        query = await QueryClient.connect(daemon.query_address)
+        query = await QueryClient.connect(daemon.query)
         # New York is 4 or 5 hours behind UTC: its yesterday ends at 04:00 or 05:00 UTC today.
         for line, users in [
             ("USERS on=yesterday", ["early", "mid"]),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgpack
 
-from collector.testing import DaemonProcess, parse_address
+from collector.testing import DaemonProcess
 
 # Runs in the child: move the passed sockets to fds 3, 4, ... (through high numbers first,
 # so no move overwrites a socket not yet moved), then become the daemon under this pid.
@@ -119,10 +119,7 @@ class ActivatedDaemon(DaemonProcess):
 
     def start(self, timeout: float = 20.0) -> ActivatedDaemon:
         self.launch()
-        self.startup = self.wait_for_log(lambda r: r.get("event") == "collector started", timeout)
-        self.udp = parse_address(self.startup.get("udp"))
-        self.tcp = parse_address(self.startup.get("tcp"))
-        self.query = parse_address(self.startup.get("query"))
+        self.read_startup(timeout)
         return self
 
     def launch(self) -> None:

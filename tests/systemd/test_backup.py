@@ -34,7 +34,6 @@ async def test_backup_during_ingestion_is_consistent_and_complete(
     db_path: Path, tmp_path: Path
 ) -> None:
     daemon = DaemonProcess(db_path, ["--batch-max-age-ms", "5"]).start()
-    assert daemon.udp is not None
     sender = Sender((daemon.udp.host, daemon.udp.port))
     sender.start()
     dest = tmp_path / "copy.db"

@@ -19,7 +19,7 @@ from collector.testing import (
     send_udp,
     wait_until,
 )
-from collector.testing import test_config as config_for
+from collector.testing import daemon_config as config_for
 
 BIG_VALUE = "x" * 2000
 
@@ -51,7 +51,6 @@ def change_token(daemon: DaemonProcess, token_file: Path, token: str) -> dict[st
 
 
 async def auth(daemon: DaemonProcess, token: str) -> str:
-    assert daemon.query is not None
     client = await QueryClient.connect(daemon.query)
     _, status = await client.ask(f"AUTH {token}")
     await client.close()
@@ -69,7 +68,6 @@ async def test_sighup_applies_token_limits_and_log_level(db_path: Path, tmp_path
         ["--config", str(config), "--batch-max-age-ms", "5", "--stats-interval", "0"],
         env={"NOTIFY_SOCKET": notify.address},
     ).start()
-    assert daemon.udp is not None
     notify.wait_for(has("READY"))
     assert await auth(daemon, "first") == "OK authenticated"
     send_udp(daemon.udp, {"action": "big", "value": BIG_VALUE})
@@ -183,7 +181,6 @@ async def test_a_new_token_logs_out_the_connections_of_the_old_one(
 ) -> None:
     token_file = tmp_path / "token"
     daemon = token_file_daemon(db_path, token_file, "old")
-    assert daemon.query is not None
     client = await QueryClient.connect(daemon.query)
     assert await client.ask("AUTH old") == ([], "OK authenticated")
     assert (await client.ask("COUNT"))[1].startswith("OK")
@@ -200,7 +197,6 @@ async def test_turning_a_token_on_logs_out_connections_that_needed_none(
 ) -> None:
     token_file = tmp_path / "token"
     daemon = token_file_daemon(db_path, token_file, "")
-    assert daemon.query is not None
     client = await QueryClient.connect(daemon.query)
     assert await client.ask("AUTH anything") == ([], "OK no token is needed")
     change_token(daemon, token_file, "now-needed")

@@ -8,6 +8,7 @@ import pytest
 
 from collector.buffer import CommitResult, EventBuffer, Group, QuarantineRow
 from collector.events import Row
+from collector.settings import BufferSettings
 from collector.stats import Stats
 
 
@@ -38,17 +39,12 @@ def quarantine(reason: str) -> QuarantineRow:
 
 
 def make_buffer(clock: FakeClock, **overrides: Any) -> EventBuffer:
-    values: dict[str, Any] = {
-        "max_events": 100,
-        "max_bytes": 100_000,
-        "low_water": 0.5,
-        "stats": Stats(),
-        "merge_window": 0.5,
-        "merge_max_rows": 1000,
-        "clock": clock,
-    }
+    limits: dict[str, Any] = {"max_events": 100, "max_bytes": 100_000, "low_water": 0.5}
+    limits["eager_acks"] = False
+    limits.update((k, overrides.pop(k)) for k in list(overrides) if k in limits)
+    values: dict[str, Any] = {"merge_window": 0.5, "merge_max_rows": 1000, "clock": clock}
     values.update(overrides)
-    return EventBuffer(**values)
+    return EventBuffer(BufferSettings(**limits), Stats(), **values)
 
 
 def sealed_group(count: int, nbytes: int = 0, start: int = 0) -> Group:

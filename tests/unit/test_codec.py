@@ -15,10 +15,11 @@ import pytest
 
 from collector import codec, events
 from collector.codec import Decoded, Rejection
-from collector.events import Limits, Row
+from collector.events import Row
+from collector.settings import EventLimits
 
 RECEIVED_AT = 1_700_000_000_000  # ms
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS = EventLimits()
 
 
 def wire(obj: Any) -> tuple[Any, bytes]:
@@ -29,7 +30,7 @@ def wire(obj: Any) -> tuple[Any, bytes]:
 
 def decode(
     obj: Any,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: EventLimits = DEFAULT_LIMITS,
     received_at: int = RECEIVED_AT,
     *,
     keep_raw: bool = False,
@@ -38,14 +39,14 @@ def decode(
     return codec.decode_object(decoded_obj, raw if keep_raw else None, received_at, limits)
 
 
-def one_row(event: dict[Any, Any], limits: Limits = DEFAULT_LIMITS, **kwargs: Any) -> Row:
+def one_row(event: dict[Any, Any], limits: EventLimits = DEFAULT_LIMITS, **kwargs: Any) -> Row:
     decoded = decode(event, limits, **kwargs)
     assert decoded.rejections == []
     assert len(decoded.rows) == 1
     return decoded.rows[0]
 
 
-def one_rejection(event: Any, limits: Limits = DEFAULT_LIMITS, **kwargs: Any) -> Rejection:
+def one_rejection(event: Any, limits: EventLimits = DEFAULT_LIMITS, **kwargs: Any) -> Rejection:
     decoded = decode(event, limits, **kwargs)
     assert decoded.rows == []
     assert len(decoded.rejections) == 1
@@ -472,7 +473,7 @@ def test_timestamp_in_extra_becomes_iso_text(timestamp: msgpack.Timestamp, text:
     ],
 )
 def test_extra_size_limit_counts_utf8_bytes(extra: Any, limit: int, accepted: bool) -> None:
-    limits = Limits(max_extra_bytes=limit)
+    limits = EventLimits(max_extra_bytes=limit)
     decoded = decode({"action": "a", "extra": extra}, limits)
     if accepted:
         assert decoded.rejections == []
@@ -487,14 +488,14 @@ def test_extra_size_limit_counts_utf8_bytes(extra: Any, limit: int, accepted: bo
 @pytest.mark.parametrize("max_depth", [1, 3, 8])
 def test_extra_nested_exactly_to_the_limit_is_accepted(max_depth: int) -> None:
     extra = nested_extra(max_depth)
-    row = one_row({"action": "a", "extra": extra}, Limits(max_extra_depth=max_depth))
+    row = one_row({"action": "a", "extra": extra}, EventLimits(max_extra_depth=max_depth))
     assert json.loads(row[5]) == extra
 
 
 @pytest.mark.parametrize("max_depth", [1, 3, 8])
 def test_extra_nested_deeper_than_the_limit_is_rejected(max_depth: int) -> None:
     extra = nested_extra(max_depth + 1)
-    reason = one_rejection({"action": "a", "extra": extra}, Limits(max_extra_depth=max_depth))
+    reason = one_rejection({"action": "a", "extra": extra}, EventLimits(max_extra_depth=max_depth))
     assert reason.reason == f"extra is nested {max_depth + 1} deep, more than {max_depth}"
 
 
@@ -507,14 +508,14 @@ def test_extra_nested_deeper_than_the_limit_is_rejected(max_depth: int) -> None:
     ],
 )
 def test_lists_count_towards_extra_depth(extra: dict[str, Any], depth: int) -> None:
-    assert one_row({"action": "a", "extra": extra}, Limits(max_extra_depth=depth))[5]
-    reason = one_rejection({"action": "a", "extra": extra}, Limits(max_extra_depth=depth - 1))
+    assert one_row({"action": "a", "extra": extra}, EventLimits(max_extra_depth=depth))[5]
+    reason = one_rejection({"action": "a", "extra": extra}, EventLimits(max_extra_depth=depth - 1))
     assert reason.reason == f"extra is nested {depth} deep, more than {depth - 1}"
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     extra = {"s": "[[[[{{{{", "t": "{[{["}
-    row = one_row({"action": "a", "extra": extra}, Limits(max_extra_depth=1))
+    row = one_row({"action": "a", "extra": extra}, EventLimits(max_extra_depth=1))
     assert json.loads(row[5]) == extra
 
 
@@ -574,12 +575,12 @@ def test_invalid_unknown_top_level_keys_are_rejected(event: dict[Any, Any], reas
 
 def test_unknown_keys_count_against_extra_depth_and_size() -> None:
     event = {"action": "a", "deep": {"b": {"c": 1}}}  # extra is nested 3 deep
-    assert one_row(event, Limits(max_extra_depth=3))[5] == '{"deep":{"b":{"c":1}}}'
-    assert one_rejection(event, Limits(max_extra_depth=2)).reason == (
+    assert one_row(event, EventLimits(max_extra_depth=3))[5] == '{"deep":{"b":{"c":1}}}'
+    assert one_rejection(event, EventLimits(max_extra_depth=2)).reason == (
         "extra is nested 3 deep, more than 2"
     )
     event = {"action": "a", "big": "x" * 100}
-    assert one_rejection(event, Limits(max_extra_bytes=50)).reason == (
+    assert one_rejection(event, EventLimits(max_extra_bytes=50)).reason == (
         "extra is larger than max_extra_bytes=50"
     )
 
@@ -597,7 +598,7 @@ def test_unknown_keys_count_against_extra_depth_and_size() -> None:
     ],
 )
 def test_event_exactly_at_the_size_limit_is_accepted(event: dict[str, Any], size: int) -> None:
-    row = one_row(event, Limits(max_event_bytes=size))
+    row = one_row(event, EventLimits(max_event_bytes=size))
     assert row[3] == event["action"]
 
 
@@ -611,7 +612,7 @@ def test_event_exactly_at_the_size_limit_is_accepted(event: dict[str, Any], size
     ],
 )
 def test_event_over_the_size_limit_is_rejected(event: dict[str, Any], size: int) -> None:
-    rejection = one_rejection(event, Limits(max_event_bytes=256))
+    rejection = one_rejection(event, EventLimits(max_event_bytes=256))
     assert rejection.reason == f"event is {size} bytes, more than max_event_bytes=256"
 
 
@@ -699,7 +700,7 @@ def test_mixed_batch_keeps_valid_events_and_rejects_each_invalid_one() -> None:
 
 
 def test_batch_at_max_batch_events_is_accepted() -> None:
-    decoded = decode([{"action": "a"}] * 3, Limits(max_batch_events=3))
+    decoded = decode([{"action": "a"}] * 3, EventLimits(max_batch_events=3))
     assert len(decoded.rows) == 3
     assert decoded.rejections == []
 
@@ -709,7 +710,7 @@ def test_batch_over_max_batch_events_is_one_rejection_counting_every_event(
     keep_raw: bool,
 ) -> None:
     batch = [{"action": "a"}] * 4 + [{"action": ""}]
-    decoded = decode(batch, Limits(max_batch_events=3), keep_raw=keep_raw)
+    decoded = decode(batch, EventLimits(max_batch_events=3), keep_raw=keep_raw)
     assert decoded.rows == []
     assert decoded.rejections == [
         Rejection("batch of 5 events exceeds max_batch_events=3", msgpack.packb(batch), 5)
@@ -815,7 +816,7 @@ def test_empty_envelope_still_wants_its_ack() -> None:
 
 def test_envelope_over_max_batch_events_is_one_rejection_and_keeps_the_ack() -> None:
     events = [{"action": "a"}] * 4
-    decoded = decode({"events": events, "ack": "t"}, Limits(max_batch_events=3))
+    decoded = decode({"events": events, "ack": "t"}, EventLimits(max_batch_events=3))
     assert decoded.wants_ack is True
     assert decoded.rows == []
     assert decoded.rejections == [

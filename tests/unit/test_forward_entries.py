@@ -10,14 +10,14 @@ import msgpack
 import pytest
 
 from collector.codec import Decoded
-from collector.events import EventError, Limits
+from collector.events import EventError
 from collector.forward.entries import (
     add_entry,
     entry_parts,
     event_time,
     record_event,
 )
-from collector.forward.settings import ForwardSettings
+from collector.settings import EventLimits, ForwardSettings
 
 RECEIVED_AT = 1_700_000_000_000
 SETTINGS = ForwardSettings(hostname="test")
@@ -30,7 +30,9 @@ def event_time_ext(seconds: int, nanoseconds: int) -> msgpack.ExtType:
 def entries(*items: Any, settings: ForwardSettings = SETTINGS, tag: str = "app.web") -> Decoded:
     decoded = Decoded([], [])
     for item in items:
-        add_entry(decoded, tag, item, received_at=RECEIVED_AT, limits=Limits(), settings=settings)
+        add_entry(
+            decoded, tag, item, received_at=RECEIVED_AT, limits=EventLimits(), settings=settings
+        )
     return decoded
 
 

@@ -10,7 +10,6 @@ from typing import Any
 import msgpack
 import pytest
 
-from collector.events import Limits
 from collector.forward.packed import (
     FEED_BYTES,
     KEPT_ENTRY_BYTES,
@@ -19,8 +18,8 @@ from collector.forward.packed import (
     max_entry_bytes,
 )
 from collector.forward.request import ForwardRequest, decode_request
-from collector.forward.settings import ForwardSettings
 from collector.forward.stream import forward_stream_unpacker
+from collector.settings import EventLimits, ForwardSettings
 
 RECEIVED_AT = 1_700_000_000_000
 SETTINGS = ForwardSettings(hostname="test")
@@ -35,7 +34,7 @@ def wire(obj: Any) -> Any:
     return decoded
 
 
-def decode(obj: Any, limits: Limits) -> ForwardRequest:
+def decode(obj: Any, limits: EventLimits) -> ForwardRequest:
     return decode_request(wire(obj), RECEIVED_AT, limits, SETTINGS)
 
 
@@ -74,7 +73,7 @@ def test_an_object_bomb_is_quarantined_unbuilt_with_bounded_memory() -> None:
     request = wire(["app", bomb, {"compressed": "gzip", "chunk": "bomb"}])
     tracemalloc.start()
     try:
-        result = decode_request(request, RECEIVED_AT, Limits(), SETTINGS)
+        result = decode_request(request, RECEIVED_AT, EventLimits(), SETTINGS)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -104,7 +103,7 @@ def test_a_long_string_is_measured_whole_with_bounded_memory() -> None:
     request = wire(["app", b"".join([*parts, compressor.flush()]), {"compressed": "gzip"}])
     tracemalloc.start()
     try:
-        result = decode_request(request, RECEIVED_AT, Limits(), SETTINGS)
+        result = decode_request(request, RECEIVED_AT, EventLimits(), SETTINGS)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -123,7 +122,7 @@ def test_entries_holding_long_strings_are_found(size: int) -> None:
 
 
 def test_the_largest_entry_built_is_exactly_the_bound() -> None:
-    limits = Limits(max_event_bytes=256)
+    limits = EventLimits(max_event_bytes=256)
     largest = max_entry_bytes(limits)
     assert largest == 4 * 256 + 64 * 1024
 
@@ -151,7 +150,7 @@ def test_counting_stops_at_ten_times_max_batch_events() -> None:
     """A million nils in a 1 KB gzip are not all counted (nor added to the stats)."""
     blob = zlib.compress(b"\xc0" * 1_000_000, 9, wbits=zlib.MAX_WBITS | 16)
     obj = ["app", blob, {"compressed": "gzip", "chunk": "nils"}]
-    result = decode(obj, Limits(max_batch_events=100))
+    result = decode(obj, EventLimits(max_batch_events=100))
     [rejection] = result.decoded.rejections
     assert rejection.reason == (
         "forward request of more than 1000 events exceeds max_batch_events=100"
@@ -163,7 +162,9 @@ def test_counting_stops_at_ten_times_max_batch_events() -> None:
 
 
 def test_below_the_counting_cap_the_count_is_exact() -> None:
-    result = decode(["app", packed(*([T, {}] for _ in range(1000)))], Limits(max_batch_events=100))
+    result = decode(
+        ["app", packed(*([T, {}] for _ in range(1000)))], EventLimits(max_batch_events=100)
+    )
     assert result.decoded.rejections[0].reason == (
         "forward request of 1000 events exceeds max_batch_events=100"
     )
@@ -171,7 +172,7 @@ def test_below_the_counting_cap_the_count_is_exact() -> None:
 
 
 def test_forward_mode_counts_are_capped_the_same_way() -> None:
-    result = decode(["app", [[T, {}]] * 50], Limits(max_batch_events=2))
+    result = decode(["app", [[T, {}]] * 50], EventLimits(max_batch_events=2))
     assert result.decoded.rejections[0].reason == (
         "forward request of more than 20 events exceeds max_batch_events=2"
     )
@@ -187,7 +188,7 @@ def test_entries_across_feed_boundaries_are_all_found() -> None:
     assert len(blob) > 2 * FEED_BYTES
     ends = entry_ends(blob, 10_000)
     assert len(ends) == 3000 and ends[-1] == len(blob)
-    result = decode(["app", blob], Limits())
+    result = decode(["app", blob], EventLimits())
     assert [row[5] for row in result.decoded.rows[::1000]] == [
         '{"n":0,"pad":"","tag":"app"}',
         '{"n":1000,"pad":"' + "x" * (1000 % 97) + '","tag":"app"}',
@@ -217,4 +218,4 @@ def test_an_entry_that_only_fails_once_built_is_refused() -> None:
     bad_timestamp = b"\x92\xd5\xff\x00\x00\x80"  # ext -1 of 2 bytes
     assert entry_ends(bad_timestamp, 10) == [len(bad_timestamp)]
     with pytest.raises(ValueError, match="not valid msgpack"):
-        decode(["app", bad_timestamp], Limits())
+        decode(["app", bad_timestamp], EventLimits())

@@ -12,7 +12,6 @@ from typing import Any
 import msgpack
 import pytest
 
-from collector.events import Limits
 from collector.forward.request import (
     DecompressionLimitError,
     ForwardError,
@@ -21,8 +20,8 @@ from collector.forward.request import (
     gunzip,
     is_forward_request,
 )
-from collector.forward.settings import ForwardSettings
 from collector.forward.stream import forward_stream_unpacker
+from collector.settings import EventLimits, ForwardSettings
 
 RECEIVED_AT = 1_700_000_000_000
 SETTINGS = ForwardSettings(hostname="test", max_decompressed_bytes=64 * 1024)
@@ -38,11 +37,11 @@ def wire(obj: Any) -> Any:
     return decoded
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS = EventLimits()
 
 
 def decode(
-    obj: Any, limits: Limits = DEFAULT_LIMITS, settings: ForwardSettings = SETTINGS
+    obj: Any, limits: EventLimits = DEFAULT_LIMITS, settings: ForwardSettings = SETTINGS
 ) -> ForwardRequest:
     return decode_request(wire(obj), RECEIVED_AT, limits, settings)
 
@@ -148,14 +147,14 @@ def test_bad_events_are_quarantined_and_the_rest_kept() -> None:
 def test_too_many_events_quarantine_the_whole_request_counted_exactly() -> None:
     blob = packed(*([T, {"n": i}] for i in range(25)))
     obj = ["app", blob, {"chunk": "big"}]
-    request = decode(obj, Limits(max_batch_events=10))
+    request = decode(obj, EventLimits(max_batch_events=10))
     assert request.decoded.rows == []
     [rejection] = request.decoded.rejections
     assert rejection.reason == "forward request of 25 events exceeds max_batch_events=10"
     assert rejection.events == 25
     assert rejection.raw == msgpack.packb(obj)
     assert request.decoded.wants_ack is True
-    forward_mode = decode(["app", [[T, {}]] * 11], Limits(max_batch_events=10))
+    forward_mode = decode(["app", [[T, {}]] * 11], EventLimits(max_batch_events=10))
     assert forward_mode.decoded.rejections[0].events == 11
 
 
@@ -194,13 +193,13 @@ def test_a_chunk_of_256_bytes_is_acknowledged() -> None:
 
 def test_a_str_blob_with_unencodable_text_is_refused() -> None:
     with pytest.raises(ForwardError, match="sent as str hold invalid text"):
-        decode_request(["app", "\ud800"], RECEIVED_AT, Limits(), SETTINGS)
+        decode_request(["app", "\ud800"], RECEIVED_AT, EventLimits(), SETTINGS)
 
 
 def test_too_many_entries_in_a_corrupt_blob_is_still_refused() -> None:
     """Below the counting cap (10 x max_batch_events) the whole blob is checked."""
     with pytest.raises(ForwardError, match="not valid msgpack"):
-        decode(["app", packed([T, {}], [T, {}]) + b"\xc1"], Limits(max_batch_events=1))
+        decode(["app", packed([T, {}], [T, {}]) + b"\xc1"], EventLimits(max_batch_events=1))
 
 
 # --- decompression cap ---------------------------------------------------------------------

@@ -11,7 +11,6 @@ import pytest
 
 from collector.config import Config, ConfigError, load_config, render_toml
 from collector.forward.handshake import Handshake
-from collector.forward.settings import ForwardSettings, forward_settings
 from collector.forward.stream import (
     MAX_OPENING_BYTES,
     StreamDecoder,
@@ -21,6 +20,7 @@ from collector.forward.stream import (
     holds_undecodable_text,
     speaks_forward,
 )
+from collector.settings import ForwardSettings
 
 # --- which decoder a connection needs ------------------------------------------------------
 
@@ -146,7 +146,7 @@ def test_ack_reply_echoes_the_chunk_exactly(chunk: Any, expected: bytes) -> None
 
 
 def test_settings_defaults_match_the_configuration_defaults() -> None:
-    from_config = forward_settings(Config())
+    from_config = ForwardSettings.from_config(Config())
     assert from_config == ForwardSettings(hostname=from_config.hostname)
     assert from_config.hostname
 
@@ -159,7 +159,7 @@ def test_settings_from_configuration() -> None:
         forward_hostname="collector.example",
         forward_max_decompressed_bytes=2048,
     )
-    settings = forward_settings(config)
+    settings = ForwardSettings.from_config(config)
     assert (settings.action_field, settings.tag_key) == ("event", "fluent_tag")
     assert (settings.shared_key, settings.hostname) == ("k", "collector.example")
     assert settings.max_decompressed_bytes == 2048

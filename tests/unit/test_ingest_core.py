@@ -13,17 +13,18 @@ import pytest
 
 from collector import codec
 from collector.buffer import CommitResult, EventBuffer
-from collector.events import ROW_OVERHEAD_BYTES, Limits
+from collector.events import ROW_OVERHEAD_BYTES
 from collector.ingest.core import Ingest, format_peer, objects_in, sanitise
+from collector.settings import BufferSettings, EventLimits
 from collector.stats import Stats
 
 RECEIVED_AT = 1_700_000_000_000
 
 
-def make_ingest(limits: Limits | None = None) -> Ingest:
+def make_ingest(limits: EventLimits | None = None) -> Ingest:
     stats = Stats()
-    buffer = EventBuffer(max_events=10_000, max_bytes=1 << 30, low_water=0.5, stats=stats)
-    return Ingest(buffer, stats, limits or Limits())
+    buffer = EventBuffer(BufferSettings(10_000, 1 << 30, 0.5), stats)
+    return Ingest(buffer, stats, limits or EventLimits())
 
 
 def accept(ingest: Ingest, obj: Any, source: Any = "udp:127.0.0.1:9", **kwargs: Any) -> bytes:
@@ -82,7 +83,7 @@ def test_rejections_are_quarantined_and_their_bytes_accounted() -> None:
 
 
 def test_oversized_batch_counts_every_event_as_rejected() -> None:
-    ingest = make_ingest(Limits(max_batch_events=2))
+    ingest = make_ingest(EventLimits(max_batch_events=2))
     accept(ingest, [{"action": "a"}] * 5)
     assert ingest.stats.events_received == 5
     assert ingest.stats.events_rejected == 5

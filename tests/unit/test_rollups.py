@@ -15,8 +15,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from collector.backends.sqlite import compiler, rollups
 from collector.events import Row
-from collector.query import compiler, rollups, timeexpr
+from collector.query import timeexpr
 from collector.query.parser import Filter
 from collector.storage import schema
 

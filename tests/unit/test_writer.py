@@ -14,6 +14,7 @@ import pytest
 
 from collector.buffer import CommitResult, EventBuffer, Group, QuarantineRow
 from collector.events import ROW_OVERHEAD_BYTES, Row
+from collector.settings import BufferSettings, WriterSettings
 from collector.stats import Stats
 from collector.storage import schema
 from collector.storage.writer import Writer, prepare_database
@@ -139,18 +140,11 @@ async def start_writer(tmp_path: Path) -> AsyncIterator[StartWriter]:
         low_water: float = 0.5,
     ) -> Running:
         stats = Stats()
-        buffer = EventBuffer(
-            max_events=max_events,
-            max_bytes=1 << 30,
-            low_water=low_water,
-            stats=stats,
-            wake_at=batch_size,
-            clock=clock,
-        )
+        limits = BufferSettings(max_events, 1 << 30, low_water, eager_acks=False)
+        buffer = EventBuffer(limits, stats, wake_at=batch_size, clock=clock)
         path = tmp_path / "events.db"
-        writer = Writer(
-            path, buffer, stats, batch_size=batch_size, batch_max_age=batch_max_age, clock=clock
-        )
+        settings = WriterSettings(path, batch_size=batch_size, batch_max_age=batch_max_age)
+        writer = Writer(settings, buffer, stats, clock=clock)
         applied = await writer.open()
         task = asyncio.create_task(writer.run())
         running = Running(path, writer, buffer, stats, task)
@@ -188,8 +182,8 @@ async def test_open_reports_the_migrations_applied(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     for expected in (ALL_MIGRATIONS, []):
         stats = Stats()
-        buffer = EventBuffer(max_events=10, max_bytes=10_000, low_water=0.5, stats=stats)
-        writer = Writer(path, buffer, stats, batch_size=1, batch_max_age=0.01)
+        buffer = EventBuffer(BufferSettings(10, 10_000, 0.5), stats)
+        writer = Writer(WriterSettings(path, batch_size=1, batch_max_age=0.01), buffer, stats)
         try:
             assert await writer.open() == expected
         finally:
@@ -198,8 +192,9 @@ async def test_open_reports_the_migrations_applied(tmp_path: Path) -> None:
 
 async def test_db_before_open_is_an_error(tmp_path: Path) -> None:
     stats = Stats()
-    buffer = EventBuffer(max_events=10, max_bytes=10_000, low_water=0.5, stats=stats)
-    writer = Writer(tmp_path / "x.db", buffer, stats, batch_size=1, batch_max_age=0.01)
+    buffer = EventBuffer(BufferSettings(10, 10_000, 0.5), stats)
+    settings = WriterSettings(tmp_path / "x.db", batch_size=1, batch_max_age=0.01)
+    writer = Writer(settings, buffer, stats)
     with pytest.raises(RuntimeError, match="not open"):
         _ = writer.db
     await writer.close()  # closing a writer that never opened is harmless

@@ -11,26 +11,17 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from collector.query import compiler
+from collector.query import api
+from collector.query.context import WINDOW_OPTIONS, Context, Session, positive_int, window
 from collector.query.errors import QueryError
+from collector.query.model import EVENT_COLUMNS, Window
 from collector.query.output import Reply, cell_text, stuff
 from collector.query.parser import Command
-from collector.query.verbs import (
-    WINDOW_OPTIONS,
-    Context,
-    Session,
-    Window,
-    allow_options,
-    event_row,
-    positive_int,
-    window,
-)
-from collector.storage.writer import CommitSignal
+from collector.query.presentation import event_row
+from collector.query.registry import verb
 
-CHUNK_ROWS = 1000
 EXPORT_FORMATS = ("jsonl", "json", "csv")
 
 
@@ -47,20 +38,10 @@ class Stream:
             await self.writer.drain()
 
 
-@dataclass
-class Page:
-    rows: list[tuple[Any, ...]]
-    last_id: int
-
-
-async def next_page(ctx: Context, command: Command, span: Window, after_id: int) -> Page:
-    where = compiler.build_where(command.filters, span.since, span.until)
-    where.clauses.append("id > ?")
-    where.params.append(after_id)
-    query = compiler.events_query(where, CHUNK_ROWS, descending=False, order_by="id")
-    result = await ctx.reader.fetch(query, max_rows=CHUNK_ROWS)
-    last = result.rows[-1][0] if result.rows else after_id
-    return Page(list(result.rows), int(last))
+def session_stream(session: Session) -> Stream:
+    if not isinstance(session.stream, Stream):
+        raise QueryError("INTERNAL", "this verb needs a connection")
+    return session.stream
 
 
 def export_lines(rows: list[tuple[Any, ...]], fmt: str, span: Window) -> list[str]:
@@ -74,7 +55,7 @@ def export_lines(rows: list[tuple[Any, ...]], fmt: str, span: Window) -> list[st
 
 
 def event_object(row: tuple[Any, ...], span: Window) -> dict[str, Any]:
-    return dict(zip(compiler.EVENT_COLUMNS, event_row(row, span.zone), strict=True))
+    return dict(zip(EVENT_COLUMNS, event_row(row, span.zone), strict=True))
 
 
 def csv_cell(value: Any) -> Any:
@@ -87,43 +68,46 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
+@verb(
+    "EXPORT",
+    usage="EXPORT [filters] [format=jsonl|csv]",
+    summary="every matching event, no row cap, in commit order",
+    options=WINDOW_OPTIONS,
+    example="EXPORT action=purchase since=-30d format=csv",
+    own_format=True,
+)
 async def export(ctx: Context, session: Session, command: Command) -> Reply:
-    allow_options(command, *WINDOW_OPTIONS)
     fmt = command.options.get("format", "jsonl").lower()
     if fmt not in EXPORT_FORMATS:
         raise QueryError("ARG", "EXPORT format= must be jsonl or csv")
     span = window(ctx, command)
     stream = session_stream(session)
     if fmt == "csv":
-        await stream.send([",".join(compiler.EVENT_COLUMNS)])
-    sent, after = 0, 0
-    while True:
-        page = await next_page(ctx, command, span, after)
-        if not page.rows:
-            return Reply(summary=f"{sent} events exported")
-        await stream.send(export_lines(page.rows, fmt, span))
-        sent += len(page.rows)
-        after = page.last_id
+        await stream.send([",".join(EVENT_COLUMNS)])
+    sent = 0
+    async for rows in api.export(ctx.backend, filters=command.filters, window=span):
+        await stream.send(export_lines(rows, fmt, span))
+        sent += len(rows)
+    return Reply(summary=f"{sent} events exported")
 
 
-def session_stream(session: Session) -> Stream:
-    if not isinstance(session.stream, Stream):
-        raise QueryError("INTERNAL", "this verb needs a connection")
-    return session.stream
-
-
+@verb(
+    "TAIL",
+    usage="TAIL [n=10] [filters]",
+    summary="the last n events, then new ones as committed, until you send any line",
+    options=("n", "tz"),
+    example="TAIL n=0 action=purchase",
+)
 async def tail(ctx: Context, session: Session, command: Command) -> Reply:
     """The last n events, then new ones as they are committed, until the client sends a line."""
-    allow_options(command, "n", "tz")
     count = positive_int(command, "n", 10, ctx.max_rows, minimum=0)
     fmt = command.options.get("format", session.format).lower()
     span = window(ctx, command)
     stream = session_stream(session)
     # Listen before reading, so a commit in between still wakes the loop.
-    commits: CommitSignal = ctx.commits
-    signal = commits.listen()
-    newest = await latest_events(ctx, command, span, count)
-    last_id = newest[-1][0] if newest else await max_event_id(ctx)
+    signal = ctx.commits.listen()
+    newest = await api.latest_events(ctx.backend, filters=command.filters, n=count)
+    last_id = newest[-1][0] if newest else await api.max_event_id(ctx.backend)
     await stream.send([*tail_lines(newest, fmt, span), LIVE_LINES[fmt]])
     stop = asyncio.ensure_future(stream.reader.readline())
     sent, missed = len(newest), 0
@@ -133,54 +117,17 @@ async def tail(ctx: Context, session: Session, command: Command) -> Reply:
             await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             signal.clear()
-            rows, skipped, last_id = await new_events(ctx, command, span, last_id)
-            if skipped:
-                missed += skipped
-                await stream.send(missed_lines(skipped, fmt))
-            await stream.send(tail_lines(rows, fmt, span))
-            sent += len(rows)
+            new = await api.events_after(ctx.backend, filters=command.filters, after=last_id)
+            last_id = new.last_id
+            if new.skipped:
+                missed += new.skipped
+                await stream.send(missed_lines(new.skipped, fmt))
+            await stream.send(tail_lines(new.rows, fmt, span))
+            sent += len(new.rows)
     finally:
-        commits.forget(signal)
+        ctx.commits.forget(signal)
         stop.cancel()
     return Reply(summary=f"{sent} events, {missed} missed")
-
-
-async def latest_events(
-    ctx: Context, command: Command, span: Window, count: int
-) -> list[tuple[Any, ...]]:
-    if count == 0:
-        return []
-    where = compiler.build_where(command.filters, None, None)
-    query = compiler.events_query(where, count, descending=True, order_by="id")
-    result = await ctx.reader.fetch(query, max_rows=count)
-    return list(reversed(result.rows))
-
-
-async def max_event_id(ctx: Context) -> int:
-    result = await ctx.reader.fetch(
-        compiler.Query("SELECT coalesce(max(id), 0) FROM events", (), ())
-    )
-    return int(result.rows[0][0])
-
-
-async def new_events(
-    ctx: Context, command: Command, span: Window, after_id: int
-) -> tuple[list[tuple[Any, ...]], int, int]:
-    """Rows after `after_id`; when more than a chunk arrived, only the newest chunk and how
-    many were skipped (a slow reader misses events, ingestion never waits for it)."""
-    page = await next_page(ctx, command, span, after_id)
-    if len(page.rows) < CHUNK_ROWS:
-        return page.rows, 0, page.last_id
-    top_id = await max_event_id(ctx)
-    where = compiler.build_where(command.filters, None, None)
-    where.clauses.append("id > ? AND id <= ?")
-    where.params += [after_id, top_id]
-    counted = await ctx.reader.fetch(
-        compiler.Query(f"SELECT count(*) FROM events WHERE {where.sql()}", tuple(where.params), ())
-    )
-    newest = await ctx.reader.fetch(compiler.events_query(where, CHUNK_ROWS, True, "id"))
-    rows = list(reversed(newest.rows))
-    return rows, int(counted.rows[0][0]) - len(rows), top_id
 
 
 def tail_lines(rows: list[tuple[Any, ...]], fmt: str, span: Window) -> list[str]:

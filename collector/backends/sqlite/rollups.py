@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from collector.query.compiler import MAX_BUCKETS, Query, Where, add_filter, build_where
+from collector.backends.sqlite.compiler import (
+    MAX_BUCKETS,
+    Query,
+    Where,
+    add_filter,
+    build_where,
+)
+from collector.clock import HOUR_MS
 from collector.query.errors import QueryError
-from collector.query.parser import Filter
+from collector.query.model import Filter
 
-HOUR_MS = 3_600_000
 # The end of year 9999, the latest event time the daemon accepts; a whole hour.
 END_OF_TIME = 253_402_300_800_000
 

@@ -11,26 +11,18 @@ import asyncio
 import sqlite3
 import time
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collector.query.compiler import Query
+from collector.backends.sqlite.compiler import Query
 from collector.query.errors import QueryError
+from collector.query.model import Result
+from collector.settings import ReaderSettings
 
 PROGRESS_STEPS = 10_000
 BUSY_WAIT_SECONDS = 2.0
 # How long close() waits for queries still running on their threads (they are interrupted).
-CLOSE_WAIT_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class Rows:
-    rows: list[tuple[Any, ...]]
-    truncated: bool
-    seconds: float
-    columns: tuple[str, ...] = ()
-
+QUERIES_CLOSE_WAIT_SECONDS = 5.0
 
 # What a user's own SQL may do: read tables and call functions, nothing else (no writes,
 # no ATTACH, no PRAGMA, no schema changes).
@@ -51,28 +43,39 @@ def open_read_only(path: Path) -> sqlite3.Connection:
 
 
 class Reader:
-    def __init__(self, path: Path, timeout: float, max_rows: int, concurrency: int) -> None:
-        self.path = path
-        self.timeout = timeout
-        self.max_rows = max_rows
-        self.slots = asyncio.Semaphore(concurrency)
+    def __init__(self, settings: ReaderSettings) -> None:
+        # Replaced at reload; the number of slots stays as it was at start.
+        self.settings = settings
+        self.slots = asyncio.Semaphore(settings.concurrency)
         self.idle: list[sqlite3.Connection] = []
         # Connections whose query runs on a thread, with that query's future.
-        self.busy: dict[sqlite3.Connection, asyncio.Future[Rows]] = {}
+        self.busy: dict[sqlite3.Connection, asyncio.Future[Result]] = {}
         self.closed = False
+
+    @property
+    def max_rows(self) -> int:
+        return self.settings.max_rows
+
+    @property
+    def timeout(self) -> float:
+        return self.settings.timeout
 
     async def fetch(
         self, query: Query, max_rows: int | None = None, read_only_sql: bool = False
-    ) -> Rows:
-        cap = self.max_rows if max_rows is None else min(max_rows, self.max_rows)
+    ) -> Result:
+        most = self.settings.max_rows
+        cap = most if max_rows is None else min(max_rows, most)
         if self.closed:
             raise QueryError("BUSY", "the daemon is stopping")
         try:
             await asyncio.wait_for(self.slots.acquire(), BUSY_WAIT_SECONDS)
         except TimeoutError:
             raise QueryError("BUSY", "every query slot is in use; try again") from None
-        conn = self.idle.pop() if self.idle else open_read_only(self.path)
-        work = asyncio.ensure_future(asyncio.to_thread(self._run, conn, query, cap, read_only_sql))
+        conn = self.idle.pop() if self.idle else open_read_only(self.settings.path)
+        timeout = self.settings.timeout
+        work = asyncio.ensure_future(
+            asyncio.to_thread(self._run, conn, query, cap, timeout, read_only_sql)
+        )
         self.busy[conn] = work
         work.add_done_callback(lambda _: self._release(conn))
         try:
@@ -93,9 +96,11 @@ class Reader:
             self.idle.append(conn)
         self.slots.release()
 
-    def _run(self, conn: sqlite3.Connection, query: Query, cap: int, read_only_sql: bool) -> Rows:
+    def _run(
+        self, conn: sqlite3.Connection, query: Query, cap: int, timeout: float, read_only_sql: bool
+    ) -> Result:
         started = time.monotonic()
-        deadline = started + self.timeout
+        deadline = started + timeout
         conn.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
         if read_only_sql:
             conn.set_authorizer(read_only_authorizer)
@@ -103,15 +108,15 @@ class Reader:
         try:
             cursor = conn.execute(query.sql, query.params)
             rows = cursor.fetchmany(cap + 1)
-            columns = tuple(d[0] for d in cursor.description or ())
+            columns = query.columns or tuple(d[0] for d in cursor.description or ())
         except sqlite3.Error as exc:
-            raise query_error(exc, self.timeout, read_only_sql) from None
+            raise query_error(exc, timeout, read_only_sql) from None
         finally:
             if cursor is not None:
                 cursor.close()
             conn.set_progress_handler(None, 0)
             conn.set_authorizer(None)
-        return Rows(rows[:cap], len(rows) > cap, time.monotonic() - started, columns)
+        return Result(rows[:cap], len(rows) > cap, time.monotonic() - started, columns)
 
     async def close(self) -> None:
         """Interrupt the queries still running, wait for their threads, close everything."""
@@ -119,7 +124,7 @@ class Reader:
         for conn in self.busy:
             conn.interrupt()
         if self.busy:
-            await asyncio.wait(list(self.busy.values()), timeout=CLOSE_WAIT_SECONDS)
+            await asyncio.wait(list(self.busy.values()), timeout=QUERIES_CLOSE_WAIT_SECONDS)
         for conn in self.idle:
             conn.close()
         self.idle.clear()

@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.query.errors import QueryError
-from collector.query.parser import Filter
+from collector.query.model import EVENT_COLUMNS, Filter
 
-EVENT_COLUMNS = ("id", "ts", "received_at", "user_id", "action", "value", "extra")
-TIME_UNITS = ("hour", "day", "week", "month")
 # SQLite binds at most 32,766 parameters; two per bucket leaves room for the filters.
 MAX_BUCKETS = 10_000
 
@@ -181,3 +179,35 @@ def users_query(where: Where, minimum: int, limit: int) -> Query:
         " GROUP BY user_id HAVING n >= ? ORDER BY n DESC, user_id LIMIT ?"
     )
     return Query(sql, (*where.params, minimum, limit), ("user", "events"))
+
+
+def summary_query() -> Query:
+    return Query(
+        "SELECT count(*), min(ts), max(ts) FROM events", (), ("events", "oldest", "newest")
+    )
+
+
+def first_time_query(filters: Sequence[Filter]) -> Query:
+    where = build_where(filters, None, None)
+    return Query(f"SELECT min(ts) FROM events WHERE {where.sql()}", tuple(where.params), ("ts",))
+
+
+def max_id_query() -> Query:
+    return Query("SELECT coalesce(max(id), 0) FROM events", (), ("id",))
+
+
+def id_range_where(
+    filters: Sequence[Filter], since: int | None, until: int | None, after: int, through: int | None
+) -> Where:
+    """Matching events with after < id <= through (through None: no upper bound)."""
+    where = build_where(filters, since, until)
+    where.clauses.append("id > ?")
+    where.params.append(after)
+    if through is not None:
+        where.clauses.append("id <= ?")
+        where.params.append(through)
+    return where
+
+
+def count_where_query(where: Where) -> Query:
+    return Query(f"SELECT count(*) FROM events WHERE {where.sql()}", tuple(where.params), ("n",))

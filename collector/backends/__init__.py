@@ -1,0 +1,1 @@
+"""Stores that answer the query language: SQLite (the embedded default)."""

@@ -1,0 +1,1 @@
+"""The SQLite backend: read-only connections, SQL building, the rollups."""
