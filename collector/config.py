@@ -212,6 +212,10 @@ class Config:
         8 * 1024 * 1024, "SO_RCVBUF asked for the UDP socket (bytes)", minimum=0
     )
 
+    @property
+    def batch_max_age(self) -> float:
+        return self.batch_max_age_ms / 1000.0
+
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
 

@@ -14,9 +14,9 @@ from collector.events import EventError
 from collector.forward.entries import (
     add_entry,
     entry_parts,
-    event_time,
     record_event,
 )
+from collector.forward.entries import entry_time as event_time
 from collector.settings import EventLimits, ForwardSettings
 
 RECEIVED_AT = 1_700_000_000_000
