@@ -207,6 +207,8 @@ def test_tcp_batches_wait_in_flight_until_acknowledged() -> None:
     assert (queue.stats().rejected, recorder.calls[-1]) == (1, "progressed")
     queue.complete(batches[0], 2, 1)  # once only
     assert counts(queue) == (5, 4, 2, 0, 3)
+    assert (queue.flushed(2), queue.flushed(3)) == (True, False)
+    assert queue.flush_result(4) == FlushResult(False, 2)  # e3 and e4 in flight
     # flush() makes e5 due; the batch in flight is written on connection 1 already.
     assert queue.flush_target() == 5
     more, wait = queue.due(1, NOW)
