@@ -1,10 +1,10 @@
-"""Events into a tracker's queue: the queue's lock, and the sections in which the queue or
-its counters change, safe against signal handlers.
+"""Events into a tracker's queue: track(), the hot path, the queue's lock, and the sections
+in which the queue or its counters change, safe against signal handlers.
 
 Python runs a signal handler between two bytecodes of the thread it interrupts, which may be
 inside the queue's lock, halfway through changing the queue. Code that changes the queue or
-the counters therefore runs in a *section* (`put()`'s own, or `with intake.section`), which
-marks the queue `_busy`. A put() that finds it busy can only be a handler's track()
+the counters therefore runs in a *section* (`track()`'s own, or `with intake.section`),
+which marks the queue `_busy`. A track() that finds it busy can only be a handler
 interrupting that same thread (the lock is reentrant for it, and for it alone): its event
 waits, packed, in `_deferred` (a deque: appending is atomic) and the interrupted section
 takes it in before it ends. Only track() may be called from a signal handler.
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from collector_client._chunks import SEALED, WAS_IDLE, Chunks
+from collector_client._process import ids
 from collector_client._reports import Reports
 from collector_client._settings import (
     SENT_AT_VALUE_BYTES,
@@ -84,6 +85,7 @@ class Intake:
         on_error: ErrorHandler | None,
     ) -> None:
         self.settings = settings
+        self._clock = settings.clock
         self.chunks = chunks
         self.counters = counters
         self.hooks = hooks
@@ -102,16 +104,31 @@ class Intake:
         # than the packing. An aware datetime (as ts or in extra) goes out as a Timestamp.
         self._pack = msgpack.Packer(datetime=True).pack
 
-    def put(self, event: dict[str, Any]) -> None:
-        """Count the event and queue it packed, or drop it; then wake or assist the sender,
-        or report the refusal. The event ends with its sent_at, whose value is cut off."""
+    def track(self, action: str, user_id: Any, value: Any, extra: Any, ts: Any, id: Any, /) -> None:  # noqa: PLR0917
+        """EventQueue.track, typed there: build the event, count it and queue it packed, or
+        drop it; then wake or assist the sender, or report the refusal. In one piece, as
+        the trackers call it directly: this is the hot path."""
+        if type(action) is not str:
+            raise TypeError(f"action must be a str, got {type(action).__name__}")
+        event = {
+            "action": action,
+            "ts": self._clock() if ts is None else ts,
+            "id": f"{ids.prefix}{next(ids.counter)}" if id is None else id,
+        }
+        if user_id is not None:
+            event["user_id"] = user_id
+        if value is not None:
+            event["value"] = value
+        if extra is not None:
+            event["extra"] = extra
+        event["sent_at"] = 0.0  # last: the sender writes the send time over its value
         with self.lock:
             if self._busy:  # a signal handler that interrupted this thread in a section
                 self._defer(event)
                 return
             self._busy = True
             signal = 0
-            try:  # in one piece: this is the hot path
+            try:
                 self.counters.queued += 1
                 try:
                     data = self._pack(event)[:-SENT_AT_VALUE_BYTES]
@@ -131,7 +148,7 @@ class Intake:
                         self._busy = True
                         signal |= self._end_section()
         if signal:
-            self._after_put(signal)
+            self._after_track(signal)
 
     def _refuse(self, error: TrackerError) -> int:
         """Drop an event that cannot go (in a section); its error is reported once the
@@ -140,7 +157,7 @@ class Intake:
         self._refusals.append(error)
         return REFUSED
 
-    def _after_put(self, signal: int) -> None:
+    def _after_track(self, signal: int) -> None:
         if signal & REFUSED:
             self._report_refusals()
         if signal & SEALED and self.caller_sends:
@@ -150,7 +167,7 @@ class Intake:
             self.hooks.wake()
 
     def _defer(self, event: dict[str, Any]) -> None:
-        """put() in a signal handler while its thread is in a section: nothing of the queue
+        """track() in a signal handler while its thread is in a section: nothing of the queue
         may change now. A Packer of its own, since the section may be packing."""
         try:
             data = msgpack.Packer(datetime=True).pack(event)[:-SENT_AT_VALUE_BYTES]
@@ -179,7 +196,7 @@ class Intake:
             self._busy = True
 
     def _after_deferred(self, signal: int) -> None:
-        """A section other than put()'s took in events a signal handler tracked."""
+        """A section other than track()'s took in events a signal handler tracked."""
         if signal & REFUSED:
             self._report_refusals()
         if signal & (WAS_IDLE | SEALED):

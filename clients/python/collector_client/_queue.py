@@ -1,9 +1,9 @@
 """`EventQueue`: a tracker's events from track() until sent (UDP) or acknowledged (TCP), and
 its counters. Tracker and AsyncTracker each own one and run its sender.
 
-`track()` is the hot path: it builds the event, packs it to msgpack in the calling thread
-(so a later change to `extra` cannot reach it) and appends the bytes to the queue under a
-lock (see `_intake`, which also says how a signal handler may track). Each event is packed
+`track()` is the hot path (see `_intake`, which also says how a signal handler may track):
+it builds the event, packs it to msgpack in the calling thread (so a later change to `extra`
+cannot reach it) and appends the bytes to the queue under a lock. Each event is packed
 with `sent_at` last and its 8-byte float value cut off; a sender puts the send time back
 between the events as it joins them (see `_wire.join_events`).
 
@@ -26,7 +26,7 @@ import msgpack
 from collector_client._chunks import Chunks
 from collector_client._flight import Batch, Flight
 from collector_client._intake import Intake
-from collector_client._process import ids, register
+from collector_client._process import register
 from collector_client._settings import (
     SENT_AT_VALUE_BYTES,
     Counters,
@@ -72,13 +72,16 @@ class EventQueue:
     _process      after_fork_in_child(), close_at_exit()
     """
 
+    # track(action, user_id, value, extra, ts, id), every argument given: Intake.track,
+    # bound, so that the hot path makes no call on its way in.
+    track: Callable[[str, str | int | None, Any, dict[str, Any] | None, Any, str | None], None]
+
     def __init__(
         self, settings: Settings, on_error: ErrorHandler | None, hooks: TrackerHooks
     ) -> None:
         self.settings = settings
         self._on_error = on_error
         self._hooks = hooks
-        self._clock = settings.clock
         self._closed = False
         self._reset()
         register(self)
@@ -92,41 +95,13 @@ class EventQueue:
         self._flight = Flight(settings.max_in_flight, settings.max_attempts)
         self._counters = Counters()
         intake = Intake(settings, self._chunks, self._counters, self._hooks, self._on_error)
-        self._intake = intake
+        self.track = intake.track
         self._lock, self._section, self._reports = intake.lock, intake.section, intake.reports
         self._progressed = threading.Condition(self._lock)
         self._flushers = 0
         self._closing = False
 
-    # For the tracker: track(), the hot path; the counters; flush() and close().
-
-    def track(  # noqa: PLR0917 - Tracker.track's arguments, every one given
-        self,
-        action: str,
-        user_id: str | int | None,
-        value: Any,
-        extra: dict[str, Any] | None,
-        ts: Any,
-        id: str | None,
-        /,
-    ) -> None:
-        """Queue one event (see Tracker.track). Never waits on the network and never raises,
-        except TypeError when `action` is not a str: that is a bug at the call site."""
-        if type(action) is not str:
-            raise TypeError(f"action must be a str, got {type(action).__name__}")
-        event = {
-            "action": action,
-            "ts": self._clock() if ts is None else ts,
-            "id": f"{ids.prefix}{next(ids.counter)}" if id is None else id,
-        }
-        if user_id is not None:
-            event["user_id"] = user_id
-        if value is not None:
-            event["value"] = value
-        if extra is not None:
-            event["extra"] = extra
-        event["sent_at"] = 0.0  # last: the sender writes the send time over its value
-        self._intake.put(event)
+    # For the tracker: the counters, flush() and close().
 
     def stats(self) -> TrackerStats:
         with self._lock:
