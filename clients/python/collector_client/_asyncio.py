@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 
-from collector_client._outgoing import OutgoingQueue
+from collector_client._queue import EventQueue
 from collector_client._settings import TrackerError
 from collector_client._wire import (
     AckReader,
@@ -27,7 +27,7 @@ UNEXPECTED_ERROR_PAUSE = 0.1  # seconds
 class AsyncSender:
     """What both asyncio senders share: the wake-up event, the loop and how they stop."""
 
-    def __init__(self, queue: OutgoingQueue) -> None:
+    def __init__(self, queue: EventQueue) -> None:
         self.queue = queue
         self.settings = queue.settings
         self.wakeup = asyncio.Event()
@@ -43,7 +43,7 @@ class AsyncSender:
                 try:
                     await self.step()
                 except Exception as error:  # a bug must not end the sending: say so, go on
-                    self.queue._report_unexpected(error)
+                    self.queue.report_unexpected(error)
                     await self.sleep(UNEXPECTED_ERROR_PAUSE)
         finally:
             await self.close()
@@ -69,7 +69,7 @@ class AsyncSender:
 class UdpProtocol(asyncio.DatagramProtocol):
     """Remembers the error of the send in progress; reports those that come later."""
 
-    def __init__(self, queue: OutgoingQueue) -> None:
+    def __init__(self, queue: EventQueue) -> None:
         self.queue = queue
         self.error: Exception | None = None
         self.sending = False
@@ -78,11 +78,11 @@ class UdpProtocol(asyncio.DatagramProtocol):
         if self.sending:
             self.error = exc
         else:
-            self.queue._report_send_error(exc)
+            self.queue.report_send_error(exc)
 
 
 class AsyncUdpSender(AsyncSender):
-    def __init__(self, queue: OutgoingQueue) -> None:
+    def __init__(self, queue: EventQueue) -> None:
         super().__init__(queue)
         self.transport: asyncio.DatagramTransport | None = None
         self.protocol = UdpProtocol(queue)
@@ -90,9 +90,7 @@ class AsyncUdpSender(AsyncSender):
     async def step(self) -> None:
         if self.transport is None:
             await self.open()
-        outcome = self.queue._send_chunk(self.send, time.monotonic())
-        if outcome.error is not None:
-            self.queue._report_send_error(outcome.error)
+        outcome = self.queue.send_chunk(self.send, time.monotonic())
         if not outcome.done:
             await self.sleep(None if outcome.wait < 0 else outcome.wait)
 
@@ -103,7 +101,7 @@ class AsyncUdpSender(AsyncSender):
                 lambda: self.protocol, remote_addr=(self.settings.host, self.settings.port)
             )
         except OSError as error:
-            self.queue._report_send_error(error)
+            self.queue.report_send_error(error)
             await self.sleep(UNEXPECTED_ERROR_PAUSE)
 
     def send(self, events: list[bytes]) -> None:
@@ -122,9 +120,7 @@ class AsyncUdpSender(AsyncSender):
 
     def assist(self) -> None:
         if self.transport is not None:
-            outcome = self.queue._send_chunk(self.send, time.monotonic(), sealed_only=True)
-            if outcome.error is not None:
-                self.queue._report_send_error(outcome.error)
+            self.queue.send_chunk(self.send, time.monotonic(), sealed_only=True)
 
     async def close(self) -> None:
         if self.transport is not None:
@@ -171,7 +167,7 @@ class AsyncTcpSender(AsyncSender):
     """Acknowledged batches on one connection, up to max_in_flight at a time. On any failure
     every unacknowledged batch is sent again on the next connection."""
 
-    def __init__(self, queue: OutgoingQueue) -> None:
+    def __init__(self, queue: EventQueue) -> None:
         super().__init__(queue)
         self.connection: AckProtocol | None = None
         self.number = 0  # of the connection, for Batch.connection
@@ -183,7 +179,7 @@ class AsyncTcpSender(AsyncSender):
     async def step(self) -> None:
         if self.connection is None:
             # Connect when there is something to send: an idle app needs no connection.
-            if self.queue._idle_if_empty():
+            if self.queue.idle_if_empty():
                 await self.sleep(None)
             else:
                 await self.connect_or_wait()
@@ -204,7 +200,7 @@ class AsyncTcpSender(AsyncSender):
             raise connection.error
         self.exchanging = True
         try:
-            batches, wait = self.queue._due(self.number, time.monotonic(), sealed_only)
+            batches, wait = self.queue.due(self.number, time.monotonic(), sealed_only)
             for batch in batches:
                 self.tokens += 1
                 token = f"b{self.tokens}"
@@ -214,7 +210,7 @@ class AsyncTcpSender(AsyncSender):
         return self.ack_deadline(None if wait < 0 else wait)
 
     def ack_deadline(self, wait: float | None) -> float | None:
-        oldest = self.queue._oldest_in_flight()
+        oldest = self.queue.oldest_in_flight()
         if oldest is None:
             return wait
         ack_due = oldest.sent_time + self.settings.ack_timeout - time.monotonic()
@@ -250,15 +246,15 @@ class AsyncTcpSender(AsyncSender):
         settings = self.settings
         delay = backoff_delay(self.failures, settings.backoff_initial, settings.backoff_max)
         self.next_attempt = time.monotonic() + delay
-        self.queue._report_send_error(error)
+        self.queue.report_send_error(error)
 
     async def disconnect(self, error: Exception) -> None:
         await self.close()
         # A connection lost with nothing in flight (the daemon closes idle ones) costs no
         # event: reconnect without delay, and only a failure then is an error.
-        if self.queue._oldest_in_flight() is not None:
+        if self.queue.oldest_in_flight() is not None:
             self.note_failure(error)
-            self.queue._failed_attempt(error)
+            self.queue.failed_attempt(error)
 
     async def close(self) -> None:
         connection, self.connection = self.connection, None

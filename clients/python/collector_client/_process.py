@@ -1,5 +1,5 @@
-"""Process life: event ids unique per process, trackers reset in a forked child and closed
-when the interpreter exits (or a multiprocessing child ends)."""
+"""Process life: event ids unique per process, trackers (their queues) reset in a forked
+child and closed when the interpreter exits (or a multiprocessing child ends)."""
 
 from __future__ import annotations
 
@@ -31,32 +31,32 @@ class EventIds:
 ids = EventIds()
 
 
-class LiveTracker(Protocol):
-    _closed: bool
+class LiveQueue(Protocol):
+    """What a tracker's queue does at a fork and at exit (see `EventQueue`)."""
 
-    def _after_fork_in_child(self) -> None: ...
+    def after_fork_in_child(self) -> None: ...
 
-    def _close_at_exit(self) -> None: ...
-
-
-_live_trackers: weakref.WeakSet[LiveTracker] = weakref.WeakSet()
+    def close_at_exit(self) -> None:
+        """Close the tracker, unless it is closed already."""
 
 
-def register(tracker: LiveTracker) -> None:
-    _live_trackers.add(tracker)
+_live_queues: weakref.WeakSet[LiveQueue] = weakref.WeakSet()
+
+
+def register(queue: LiveQueue) -> None:
+    _live_queues.add(queue)
 
 
 def _after_fork_in_child() -> None:
     ids.renew()
-    for tracker in list(_live_trackers):
-        tracker._after_fork_in_child()
+    for queue in list(_live_queues):
+        queue.after_fork_in_child()
     _close_at_multiprocessing_exit()
 
 
 def _close_all_at_exit() -> None:
-    for tracker in list(_live_trackers):
-        if not tracker._closed:
-            tracker._close_at_exit()
+    for queue in list(_live_queues):
+        queue.close_at_exit()
 
 
 class _ExitHook:

@@ -46,6 +46,17 @@ class TrackerStats:
     pending: int  # queued or in flight, not yet sent (UDP) or acknowledged (TCP)
 
 
+class Counters:
+    """The counters of TrackerStats as they change, in the queue's sections (`dropped`
+    without the events a full queue gave up: see `Chunks.overflowed`)."""
+
+    __slots__ = ("acknowledged", "dropped", "oversized", "queued", "rejected", "retries", "sent")
+
+    def __init__(self) -> None:
+        self.queued = self.sent = self.acknowledged = self.rejected = 0
+        self.dropped = self.retries = self.oversized = 0
+
+
 @dataclass(frozen=True, slots=True)
 class FlushResult:
     """What `flush()` or `close()` achieved. True when nothing is left waiting."""
@@ -131,6 +142,13 @@ def datagram_budget(settings: Settings) -> int:
 def batch_budget(settings: Settings) -> int:
     """Bytes of events (with their sent_at values) that fit in one envelope."""
     return settings.max_batch_bytes - ENVELOPE_ROOM
+
+
+def event_budget(settings: Settings) -> int:
+    """Bytes of the largest event (with its sent_at value) a datagram or an envelope carries."""
+    if settings.transport == "udp":
+        return MAX_UDP_PAYLOAD - DATAGRAM_HEADER_BYTES
+    return batch_budget(settings)
 
 
 def refusal(event: dict[str, Any], size: int, settings: Settings) -> TrackerError:

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 
-from collector_client._outgoing import OutgoingQueue
+from collector_client._queue import EventQueue
 from collector_client._settings import Settings, TrackerError
 from collector_client._wire import (
     AckReader,
@@ -56,7 +56,7 @@ class Waker:
 class ThreadSender:
     """What both thread senders share: the wake-up, the selector and how they stop."""
 
-    def __init__(self, queue: OutgoingQueue) -> None:
+    def __init__(self, queue: EventQueue) -> None:
         self.queue = queue
         self.settings: Settings = queue.settings
         self.waker = Waker()
@@ -97,7 +97,7 @@ class ThreadSender:
                 try:
                     self.step()
                 except Exception as error:  # a bug must not end the sending: say so, go on
-                    self.queue._report_unexpected(error)
+                    self.queue.report_unexpected(error)
                     self.wait(UNEXPECTED_ERROR_PAUSE)
         finally:
             self.close()
@@ -130,7 +130,7 @@ class UdpSender(ThreadSender):
     datagram at once from the thread that filled it (see `assist`). Every send is
     non-blocking and made under the queue's lock, so datagrams leave in order."""
 
-    def __init__(self, queue: OutgoingQueue) -> None:
+    def __init__(self, queue: EventQueue) -> None:
         super().__init__(queue)
         self.sock: socket.socket | None = None
         self.socket_error: OSError | None = None
@@ -143,9 +143,7 @@ class UdpSender(ThreadSender):
                 self.sock = connected_udp_socket(self.settings.host, self.settings.port)
             except OSError as error:
                 self.socket_error = error
-        outcome = self.queue._send_chunk(self.send, time.monotonic())
-        if outcome.error is not None:
-            self.queue._report_send_error(outcome.error)
+        outcome = self.queue.send_chunk(self.send, time.monotonic())
         if outcome.blocked:
             self.wait_until_writable()
         elif not outcome.done:
@@ -158,9 +156,7 @@ class UdpSender(ThreadSender):
         # it to the sender.
         if self.sock is None:
             return
-        outcome = self.queue._send_chunk(self.send, time.monotonic(), sealed_only=True)
-        if outcome.error is not None:
-            self.queue._report_send_error(outcome.error)
+        outcome = self.queue.send_chunk(self.send, time.monotonic(), sealed_only=True)
         if outcome.blocked:
             self.waker.wake()
 
@@ -180,7 +176,7 @@ class UdpSender(ThreadSender):
             self.selector.unregister(self.sock)
 
     def close(self) -> None:
-        with self.queue._lock:  # not while a thread in assist() sends with it
+        with self.queue.locked():  # not while a thread in assist() sends with it
             sock, self.sock = self.sock, None
         if sock is not None:
             sock.close()
@@ -216,7 +212,7 @@ class TcpSender(ThreadSender):
     batch is sent again on the next one.
     """
 
-    def __init__(self, queue: OutgoingQueue) -> None:
+    def __init__(self, queue: EventQueue) -> None:
         super().__init__(queue)
         self.lock = threading.Lock()
         self.conn: socket.socket | None = None
@@ -231,7 +227,7 @@ class TcpSender(ThreadSender):
     def step(self) -> None:
         if self.conn is None:
             # Connect when there is something to send: an idle app needs no connection.
-            if self.queue._idle_if_empty():
+            if self.queue.idle_if_empty():
                 self.wait(None)
             else:
                 self.connect_or_wait()
@@ -296,9 +292,9 @@ class TcpSender(ThreadSender):
                 self.failures = 0
 
     def fill_window(self, sealed_only: bool) -> float | None:
-        """Queue the envelopes of the batches that are due (see `_due`); return seconds
-        until the next one is (None: nothing queued, or a full window)."""
-        batches, wait = self.queue._due(self.connection, time.monotonic(), sealed_only)
+        """Queue the envelopes of the batches that are due (see `EventQueue.due`); return
+        seconds until the next one is (None: nothing queued, or a full window)."""
+        batches, wait = self.queue.due(self.connection, time.monotonic(), sealed_only)
         for batch in batches:
             self.tokens += 1
             self.out += envelope(self.queue, batch, f"b{self.tokens}", self.connection)
@@ -316,7 +312,7 @@ class TcpSender(ThreadSender):
     def wait_for_io(self, wait: float | None) -> None:
         conn = self.conn
         assert conn is not None
-        oldest = self.queue._oldest_in_flight()
+        oldest = self.queue.oldest_in_flight()
         if oldest is not None:
             ack_due = oldest.sent_time + self.settings.ack_timeout - time.monotonic()
             if ack_due <= 0:
@@ -331,16 +327,16 @@ class TcpSender(ThreadSender):
         settings = self.settings
         delay = backoff_delay(self.failures, settings.backoff_initial, settings.backoff_max)
         self.next_attempt = time.monotonic() + delay
-        self.queue._report_send_error(error)
+        self.queue.report_send_error(error)
 
     def disconnect(self, error: Exception) -> None:
         with self.lock:
             self.close_connection()
         # A connection lost with nothing in flight (the daemon closes idle ones) costs no
         # event: reconnect without delay, and only a failure then is an error.
-        if self.queue._oldest_in_flight() is not None:
+        if self.queue.oldest_in_flight() is not None:
             self.note_failure(error)
-            self.queue._failed_attempt(error)
+            self.queue.failed_attempt(error)
 
     def close_connection(self) -> None:
         if self.conn is not None:
@@ -360,3 +356,17 @@ class TcpSender(ThreadSender):
         self.lock = threading.Lock()  # the parent's may be held for good
         conn, self.conn = self.conn, None
         return [*super().descriptors(), *([conn] if conn is not None else [])]
+
+
+def new_sender(queue: EventQueue) -> ThreadSender:
+    if queue.settings.transport == "tcp":
+        return TcpSender(queue)
+    return UdpSender(queue)
+
+
+def send_leftovers(queue: EventQueue, timeout: float) -> None:
+    """Send what an AsyncTracker left queued, from the calling thread (at interpreter exit,
+    when its event loop is gone)."""
+    queue.start_closing()
+    new_sender(queue).run(deadline=time.monotonic() + timeout)
+    queue.abandon()

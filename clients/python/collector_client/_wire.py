@@ -15,8 +15,8 @@ from typing import Any
 
 import msgpack
 
-from collector_client._core import Batch
-from collector_client._outgoing import OutgoingQueue
+from collector_client._flight import Batch
+from collector_client._queue import EventQueue
 from collector_client._settings import TrackerError
 
 ENVELOPE_EVENTS_KEY = b"\x82\xa6events"  # a map of two entries, then "events"
@@ -45,15 +45,15 @@ def datagram(events: Sequence[bytes], clock: Callable[[], float]) -> bytes:
     return join_events(events, clock())
 
 
-def envelope(queue: OutgoingQueue, batch: Batch, token: str, connection: int) -> bytes:
+def envelope(queue: EventQueue, batch: Batch, token: str, connection: int) -> bytes:
     """`{"events": [...], "ack": token}`, built again for every transmission (on
     `connection`), so sent_at is always when it goes out and the daemon's clock correction
     stays right for a batch sent again minutes later. Event ids never change, so the daemon
     stores a resent event once. Counts the events as sent the first time, as retries after."""
     if batch.attempts:
-        queue._count(retries=len(batch.events))
+        queue.count(retries=len(batch.events))
     else:
-        queue._count(sent=len(batch.events))
+        queue.count(sent=len(batch.events))
     batch.token = token
     batch.connection = connection
     batch.attempts += 1
@@ -78,7 +78,7 @@ def backoff_delay(failures: int, initial: float, maximum: float) -> float:
 class AckReader:
     """The daemon's replies on one connection, matched in order with the batches in flight."""
 
-    def __init__(self, queue: OutgoingQueue) -> None:
+    def __init__(self, queue: EventQueue) -> None:
         self.queue = queue
         self.unpacker = msgpack.Unpacker(max_buffer_size=ACK_REPLY_MAX_BYTES)
 
@@ -89,11 +89,11 @@ class AckReader:
         match the oldest batch in flight."""
         acknowledged = 0
         for reply in self.replies(data):
-            batch = self.queue._oldest_in_flight()
+            batch = self.queue.oldest_in_flight()
             if batch is None:
                 raise TrackerError(f"reply {reply!r} with no batch waiting for one")
             stored, rejected = check_ack(reply, batch)
-            self.queue._complete(batch, stored + rejected, rejected)
+            self.queue.complete(batch, stored + rejected, rejected)
             acknowledged += 1
         return acknowledged
 

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, Unpack
 
 from collector_client._asyncio import AsyncSender, AsyncTcpSender, AsyncUdpSender
-from collector_client._outgoing import OutgoingQueue
+from collector_client._queue import EventQueue, TrackerHooks
 from collector_client._settings import (
     DEFAULT_PORT,
     ErrorHandler,
@@ -29,14 +29,14 @@ from collector_client._settings import (
     TrackerStats,
     Transport,
 )
-from collector_client.tracker import send_leftovers
+from collector_client._threads import send_leftovers
 
 __all__ = ["AsyncTracker", "FlushResult", "TrackerStats"]
 
 STOP_TIMEOUT = 1.0  # seconds close() waits for the sender task to stop, after the flush
 
 
-class AsyncTracker(OutgoingQueue):
+class AsyncTracker:
     """Events to a collector daemon over UDP (fire and forget) or TCP (acknowledged), from
     asyncio code. Same options, counters and guarantees as `Tracker`."""
 
@@ -49,10 +49,16 @@ class AsyncTracker(OutgoingQueue):
         on_error: ErrorHandler | None = None,
         **options: Unpack[TrackerOptions],
     ) -> None:
-        super().__init__(Settings(host=host, port=port, transport=transport, **options), on_error)
+        self.settings = Settings(host=host, port=port, transport=transport, **options)
         self._sender: AsyncSender | None = None
         self._task: asyncio.Task[None] | None = None
         self._progress: asyncio.Event | None = None
+        hooks = TrackerHooks(
+            wake=self._wake, wake_soon=self._wake_soon, assist=self._assist,
+            after_fork_in_child=self._after_fork_in_child, close_at_exit=self._close_at_exit,
+            progressed=self._notify_progress,
+        )  # fmt: skip
+        self._queue = EventQueue(self.settings, on_error, hooks)
 
     def __repr__(self) -> str:
         s = self.settings
@@ -70,39 +76,35 @@ class AsyncTracker(OutgoingQueue):
         """Queue one event (see Tracker.track). Raises RuntimeError, and queues nothing,
         outside a running event loop."""
         self._live_sender()
-        super().track(action, user_id, value, extra, ts, id)
+        self._queue.track(action, user_id, value, extra, ts, id)
+
+    def stats(self) -> TrackerStats:
+        return self._queue.stats()
 
     async def flush(self, timeout: float | None = None) -> FlushResult:  # noqa: ASYNC109 - as Tracker
         """Send what is queued now and wait until it is sent (UDP) or acknowledged (TCP),
         for at most `timeout` seconds (None: no limit)."""
-        target = self._flush_target()
+        queue = self._queue
+        target = queue.flush_target()
         if target is None:
             return FlushResult(True, 0)
-        with self._lock:
-            self._flushers += 1
-        try:
+        with queue.flushing():
             self._wake()
             progress = self._progress
             assert progress is not None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    while not self._is_flushed(target):
+                    while not queue.flushed(target):
                         progress.clear()
                         await progress.wait()
-        finally:
-            with self._lock:
-                self._flushers -= 1
-        return self._flush_result(target)
+        return queue.flush_result(target)
 
     async def close(self, timeout: float | None = 5.0) -> FlushResult:  # noqa: ASYNC109 - as Tracker
         """Flush for at most `timeout` seconds, stop the sender and drop (and count) whatever
         is left. track() after close() drops its events."""
-        with self._lock:
-            self._closing = True
+        self._queue.start_closing()
         result = await self.flush(timeout)
-        with self._lock:
-            self._closed = True
-            self._capacity = 0
+        self._queue.close()
         sender, task = self._sender, self._task
         if sender is not None and task is not None and not task.done():
             sender.stop()
@@ -111,7 +113,7 @@ class AsyncTracker(OutgoingQueue):
                 task.cancel()  # still connecting, say
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._abandon()
+        self._queue.abandon()
         return result
 
     async def __aenter__(self) -> AsyncTracker:
@@ -125,9 +127,7 @@ class AsyncTracker(OutgoingQueue):
     ) -> None:
         await self.close(self.settings.exit_timeout)
 
-    def _is_flushed(self, target: int) -> bool:
-        with self._lock:
-            return self._flushed(target)
+    # The queue's hooks.
 
     def _wake(self) -> None:
         sender = self._live_sender()
@@ -157,12 +157,13 @@ class AsyncTracker(OutgoingQueue):
         task = self._task
         if task is not None and not task.done() and task.get_loop() is loop:
             return self._sender
-        if self._closed:
+        if self._queue.closed:
             return None
         if self._sender is not None:  # its loop is not running: it must not come back
             self._sender.stop_requested = True
+        queue = self._queue
         sender: AsyncSender = (
-            AsyncTcpSender(self) if self.settings.transport == "tcp" else AsyncUdpSender(self)
+            AsyncTcpSender(queue) if self.settings.transport == "tcp" else AsyncUdpSender(queue)
         )
         self._progress = asyncio.Event()
         self._sender = sender
@@ -175,9 +176,8 @@ class AsyncTracker(OutgoingQueue):
 
     def _after_fork_in_child(self) -> None:
         self._sender = self._task = self._progress = None
-        super()._after_fork_in_child()
 
     def _close_at_exit(self) -> None:
         # The event loop is gone: send what is left from here, with blocking sockets.
-        if self.stats().pending:
-            send_leftovers(self, self.settings.exit_timeout)
+        if self._queue.stats().pending:
+            send_leftovers(self._queue, self.settings.exit_timeout)

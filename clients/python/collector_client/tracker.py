@@ -13,11 +13,10 @@ See docs/clients.md for every option and what each counter means.
 from __future__ import annotations
 
 import threading
-import time
 from types import TracebackType
-from typing import Unpack
+from typing import Any, Unpack
 
-from collector_client._outgoing import OutgoingQueue
+from collector_client._queue import EventQueue, TrackerHooks
 from collector_client._settings import (
     DEFAULT_PORT,
     ErrorHandler,
@@ -27,14 +26,14 @@ from collector_client._settings import (
     TrackerStats,
     Transport,
 )
-from collector_client._threads import TcpSender, ThreadSender, UdpSender
+from collector_client._threads import ThreadSender, new_sender, send_leftovers
 
 __all__ = ["FlushResult", "Tracker", "TrackerStats"]
 
 STOP_TIMEOUT = 1.0  # seconds close() waits for the sender thread to stop, after the flush
 
 
-class Tracker(OutgoingQueue):
+class Tracker:
     """Events to a collector daemon over UDP (fire and forget) or TCP (acknowledged).
 
     Thread-safe, fork-safe, and flushed at interpreter exit (up to `exit_timeout` seconds).
@@ -50,49 +49,62 @@ class Tracker(OutgoingQueue):
         on_error: ErrorHandler | None = None,
         **options: Unpack[TrackerOptions],
     ) -> None:
-        super().__init__(Settings(host=host, port=port, transport=transport, **options), on_error)
+        self.settings = Settings(host=host, port=port, transport=transport, **options)
         self._start_lock = threading.Lock()
         self._sender: ThreadSender | None = None
         self._thread: threading.Thread | None = None
+        hooks = TrackerHooks(
+            wake=self._wake, wake_soon=self._wake_soon, assist=self._assist,
+            after_fork_in_child=self._after_fork_in_child, close_at_exit=self._close_at_exit,
+        )  # fmt: skip
+        self._queue = EventQueue(self.settings, on_error, hooks)
 
     def __repr__(self) -> str:
         s = self.settings
         return f"Tracker({s.host!r}, {s.port}, transport={s.transport!r})"
 
+    def track(  # noqa: PLR0917 - the signature apps know: track("click", user, value)
+        self,
+        action: str,
+        user_id: str | int | None = None,
+        value: Any = None,
+        extra: dict[str, Any] | None = None,
+        ts: Any = None,
+        id: str | None = None,
+    ) -> None:
+        """Queue one event. Never waits on the network and never raises, except TypeError
+        when `action` is not a str: that is a bug at the call site."""
+        self._queue.track(action, user_id, value, extra, ts, id)
+
+    def stats(self) -> TrackerStats:
+        return self._queue.stats()
+
     def flush(self, timeout: float | None = None) -> FlushResult:
         """Send what is queued now, without waiting for the linger time, and wait until it is
         sent (UDP) or acknowledged (TCP), for at most `timeout` seconds (None: no limit)."""
-        target = self._flush_target()
+        queue = self._queue
+        target = queue.flush_target()
         if target is None:
             return FlushResult(True, 0)
-        with self._lock:
-            self._flushers += 1
-        try:
+        with queue.flushing():
             self._wake()
-            with self._progressed:
-                self._progressed.wait_for(lambda: self._flushed(target), timeout)
-        finally:
-            with self._lock:
-                self._flushers -= 1
-        return self._flush_result(target)
+            queue.wait_flushed(target, timeout)
+        return queue.flush_result(target)
 
     def close(self, timeout: float | None = 5.0) -> FlushResult:
         """Flush for at most `timeout` seconds, stop the sender and drop (and count) whatever
         is left. track() after close() drops its events. The sender thread is given up to
         STOP_TIMEOUT more seconds to stop."""
-        with self._lock:
-            self._closing = True
+        self._queue.start_closing()
         result = self.flush(timeout)
-        with self._lock:
-            self._closed = True
-            self._capacity = 0
+        self._queue.close()
         with self._start_lock:  # a sender starting now would outlive close()
             sender, thread = self._sender, self._thread
         if sender is not None:
             sender.stop()
         if thread is not None and thread is not threading.current_thread():
             thread.join(STOP_TIMEOUT)
-        self._abandon()
+        self._queue.abandon()
         return result
 
     def __enter__(self) -> Tracker:
@@ -106,6 +118,8 @@ class Tracker(OutgoingQueue):
     ) -> None:
         self.close(self.settings.exit_timeout)
 
+    # The queue's hooks.
+
     def _wake(self) -> None:
         sender = self._sender
         if sender is None:
@@ -117,7 +131,7 @@ class Tracker(OutgoingQueue):
         sender = self._sender
         if sender is not None:
             sender.waker.wake()
-        elif not self._closing:  # not while send_leftovers() is the sender
+        elif not self._queue.closing:  # not while send_leftovers() is the sender
             self._start_sender()
 
     def _assist(self) -> None:
@@ -132,8 +146,8 @@ class Tracker(OutgoingQueue):
             return
         failure: RuntimeError | None = None
         try:
-            if self._sender is None and not self._closed:
-                sender = new_sender(self)
+            if self._sender is None and not self._queue.closed:
+                sender = new_sender(self._queue)
                 thread = threading.Thread(
                     target=sender.run,
                     name=f"collector-{self.settings.transport}-tracker",
@@ -148,16 +162,15 @@ class Tracker(OutgoingQueue):
                     failure = error
         finally:
             self._start_lock.release()
-        if failure is not None:  # reported once the lock is free: _report takes the queue's
-            self._report(failure)
+        if failure is not None:  # reported once the lock is free: report() takes the queue's
+            self._queue.report(failure)
 
     def _after_fork_in_child(self) -> None:
         # The parent's threads do not exist here and may have held any lock: start over with
-        # new locks and an empty queue; the first track() starts this process's own sender.
+        # a new lock; the first track() starts this process's own sender.
         sender = self._sender
         self._start_lock = threading.Lock()
         self._sender = self._thread = None
-        super()._after_fork_in_child()
         if sender is not None:
             sender.abandon()
 
@@ -165,20 +178,5 @@ class Tracker(OutgoingQueue):
         thread = self._thread
         if thread is not None and thread.is_alive():
             self.close(self.settings.exit_timeout)
-        elif self.stats().pending:  # no sender thread, and none may start now: send from here
-            send_leftovers(self, self.settings.exit_timeout)
-
-
-def new_sender(queue: OutgoingQueue) -> ThreadSender:
-    if queue.settings.transport == "tcp":
-        return TcpSender(queue)
-    return UdpSender(queue)
-
-
-def send_leftovers(queue: OutgoingQueue, timeout: float) -> None:
-    """Send what an AsyncTracker left queued, from the calling thread (at interpreter exit,
-    when its event loop is gone)."""
-    with queue._lock:
-        queue._closing = True
-    new_sender(queue).run(deadline=time.monotonic() + timeout)
-    queue._abandon()
+        elif self._queue.stats().pending:  # no sender thread, and none may start now
+            send_leftovers(self._queue, self.settings.exit_timeout)
