@@ -151,6 +151,19 @@ class Config:
     shutdown_timeout: float = option(
         30.0, "seconds allowed for the final flush at shutdown", minimum=0
     )
+    retention_days: int = option(
+        0,
+        "keep events of this many UTC days (today included); older days are dropped "
+        "whole (0: keep everything)",
+        minimum=0,
+    )
+    late_after_days: int = option(
+        1,
+        "events whose UTC day is more than this many days before the day they arrive on "
+        "(or more than one after it) go to the late partition",
+        minimum=0,
+        maximum=365,
+    )
     gil_switch_interval_ms: float = option(
         0.5,
         "Python thread switch interval (ms); lower lets the writer thread take the GIL back "

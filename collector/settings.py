@@ -79,6 +79,8 @@ class WriterSettings(FromConfig):
     batch_max_age: float = from_option("batch_max_age_ms", milliseconds_to_seconds)
     synchronous: str = from_option("synchronous")
     delay: float = from_option("writer_delay_ms", milliseconds_to_seconds)
+    retention_days: int = from_option("retention_days")
+    late_after_days: int = from_option("late_after_days")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -125,10 +125,7 @@ async def user(
     first, last, total, actions = summary.rows[0]
     if not total:
         raise QueryError("ARG", f"no events for user {user_id!r}")
-    # The user's events all lie between first and last: the newest-first scan starts at
-    # the user's last event instead of at the newest event of all.
-    between = Window(first, last + 1, window.zone)
-    timeline = await backend.events(mine, between, limit, descending=True)
+    timeline = await backend.user_events(mine, window, limit)
     return UserHistory(first, last, total, actions, timeline)
 
 
@@ -159,24 +156,31 @@ async def sql(backend: Backend, statement: str) -> Result:
 async def export(
     backend: Backend, *, filters: Sequence[Filter] = (), window: Window = ALL_TIME
 ) -> AsyncIterator[list[tuple[Any, ...]]]:
-    """Every matching event in commit order, a page at a time, in short queries."""
-    after = 0
-    while True:
-        page = await backend.events_by_id(filters, window, after, None, CHUNK_ROWS)
-        if not page.rows:
-            return
-        yield page.rows
-        after = int(page.rows[-1][0])
+    """Every matching event in commit order, a range of ids at a time, in short queries."""
+    after, top = 0, await backend.max_event_id()
+    while after < top:
+        through = after + CHUNK_ROWS
+        page = await backend.events_by_id(filters, window, after, through, CHUNK_ROWS)
+        if page.rows:
+            yield page.rows
+        after = through
 
 
 async def latest_events(
     backend: Backend, *, filters: Sequence[Filter] = (), n: int
 ) -> list[tuple[Any, ...]]:
-    """The last `n` matching events in commit order, oldest first."""
+    """The last `n` matching events in commit order, oldest first: ranges of the newest
+    ids, widened until they hold `n` (ids are in commit order, not the stores' order)."""
     if n == 0:
         return []
-    result = await backend.events_by_id(filters, ALL_TIME, 0, None, n, newest_first=True)
-    return list(reversed(result.rows))
+    top = await backend.max_event_id()
+    span = max(n, CHUNK_ROWS)
+    while True:
+        first = max(0, top - span)
+        page = await backend.events_by_id(filters, ALL_TIME, first, top, n, newest_first=True)
+        if len(page.rows) >= n or first == 0:
+            return list(reversed(page.rows))
+        span *= 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,19 +193,17 @@ class NewEvents:
 async def events_after(
     backend: Backend, *, filters: Sequence[Filter] = (), after: int
 ) -> NewEvents:
-    """Events committed after id `after`; when more than a chunk arrived, only the newest
-    chunk and how many were skipped (a slow reader misses events, ingestion never waits)."""
-    page = await backend.events_by_id(filters, ALL_TIME, after, None, CHUNK_ROWS)
-    last = int(page.rows[-1][0]) if page.rows else after
-    if len(page.rows) < CHUNK_ROWS:
-        return NewEvents(page.rows, 0, last)
-    top_id = await backend.max_event_id()
-    counted = await backend.count_by_id(filters, ALL_TIME, after, top_id)
-    newest = await backend.events_by_id(
-        filters, ALL_TIME, after, top_id, CHUNK_ROWS, newest_first=True
-    )
-    rows = list(reversed(newest.rows))
-    return NewEvents(rows, counted - len(rows), top_id)
+    """Events committed after id `after`, through the newest id now; when more than a
+    chunk of ids arrived, only the newest chunk's events and how many earlier ones were
+    skipped (a slow reader misses events, ingestion never waits). Every matching event with
+    an id in (after, last_id] is either in `rows` or counted in `skipped`."""
+    top = await backend.max_event_id()
+    if top <= after:
+        return NewEvents([], 0, after)
+    first = max(after, top - CHUNK_ROWS)
+    page = await backend.events_by_id(filters, ALL_TIME, first, top, CHUNK_ROWS)
+    skipped = await backend.count_by_id(filters, ALL_TIME, after, first) if first > after else 0
+    return NewEvents(page.rows, skipped, top)
 
 
 async def max_event_id(backend: Backend) -> int:

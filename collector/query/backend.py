@@ -57,7 +57,13 @@ class Backend(Protocol):
         ...
 
     async def user_summary(self, filters: Sequence[Filter], window: Window) -> Result:
-        """One row: first and last event time, events, distinct actions."""
+        """One row: first and last event time, events, distinct actions; the user is the
+        last filter (user=ID)."""
+        ...
+
+    async def user_events(self, filters: Sequence[Filter], window: Window, limit: int) -> Result:
+        """The user's newest `limit` events, newest first, as EVENT_COLUMNS; the user is the
+        last filter."""
         ...
 
     async def users(

@@ -6,15 +6,20 @@ from __future__ import annotations
 import functools
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any, NamedTuple
+
+from collector.storage import upgrade
 
 
 class Migration(NamedTuple):
     version: int
     name: str
     sql: str
+    # Steps that need Python (reading what is there first), run after `sql` in the same
+    # transaction.
+    run: Callable[[sqlite3.Connection], None] | None = None
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -63,6 +68,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         END;
         """,
     ),
+    Migration(
+        3,
+        "partitions by day, dictionaries, distinct users per day",
+        upgrade.PARTITIONS_SQL,
+        upgrade.to_partitions,
+    ),
 )
 
 
@@ -77,14 +88,15 @@ INSERT_CHUNK_SIZES = (500, 50, 5, 1)
 @functools.cache
 def insert_events_sql(rows: int) -> str:
     values = ",".join(["(" + ",".join("?" * len(EVENT_COLUMNS)) + ")"] * rows)
-    return f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {values}"
+    return f"INSERT INTO staging ({', '.join(EVENT_COLUMNS)}) VALUES {values}"
 
 
 INSERT_EVENT = insert_events_sql(1)
 
 
 def insert_plan(rows: Sequence[Sequence[Any]]) -> list[tuple[str, list[list[Any]]]]:
-    """Statements and their parameter lists (for executemany) that insert `rows` in order."""
+    """Statements and their parameter lists (for executemany) that put `rows` into the
+    commit's staging table, in order."""
     plan: list[tuple[str, list[list[Any]]]] = []
     start = 0
     for size in INSERT_CHUNK_SIZES:
@@ -102,6 +114,10 @@ def insert_plan(rows: Sequence[Sequence[Any]]) -> list[tuple[str, list[list[Any]
 INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, source, reason, raw) VALUES (?, ?, ?, ?)"
 
 
+# The WAL file is truncated back to this after a checkpoint that emptied it.
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
 def writer_pragmas(synchronous: str) -> list[str]:
     return [
         "PRAGMA journal_mode = WAL",
@@ -109,6 +125,8 @@ def writer_pragmas(synchronous: str) -> list[str]:
         "PRAGMA busy_timeout = 5000",
         "PRAGMA cache_size = -32768",
         "PRAGMA foreign_keys = ON",
+        "PRAGMA temp_store = MEMORY",
+        f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}",
     ]
 
 
@@ -135,6 +153,8 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
         try:
             for statement in split_statements(migration.sql):
                 conn.execute(statement)
+            if migration.run is not None:
+                migration.run(conn)
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                 (migration.version, migration.name, int(time.time() * 1000)),

@@ -13,6 +13,7 @@ from collector.backends.sqlite.backend import SqliteBackend
 from collector.events import Row
 from collector.query import Filter, QueryError, Window
 from collector.storage import schema
+from collector.storage.bulk import BulkWriter
 
 HOUR = 3_600_000
 START = 1_714_521_600_000  # 2024-05-01T00:00Z
@@ -40,10 +41,7 @@ async def backend(tmp_path: Path) -> AsyncIterator[SqliteBackend]:
     path = tmp_path / "events.db"
     conn = sqlite3.connect(path, isolation_level=None)
     schema.migrate(conn)
-    conn.execute("BEGIN")
-    for sql, params in schema.insert_plan(rows()):
-        conn.executemany(sql, params)
-    conn.execute("COMMIT")
+    BulkWriter(conn).store(rows(), at_ms=START + 6 * HOUR)
     conn.close()
     opened = SqliteBackend.open(path)
     yield opened

@@ -1,4 +1,5 @@
-"""schema.insert_plan: multi-row INSERT statements that insert rows in order."""
+"""schema.insert_plan: multi-row INSERT statements that put rows in a commit's staging
+table, in order."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from collector.storage import schema
+from collector.storage.commit import STAGING_DDL
 
 
 def make_rows(count: int) -> list[tuple[object, ...]]:
@@ -36,10 +38,11 @@ def test_plan_uses_the_largest_chunks_first(count: int, sizes: list[tuple[int, i
 def test_plan_inserts_every_row_once_in_order(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "e.db", isolation_level=None)
     schema.migrate(conn)
+    conn.execute(STAGING_DDL)
     rows = make_rows(1234)
     for sql, params in schema.insert_plan(rows):
         conn.executemany(sql, params)
-    stored = conn.execute("SELECT ts, user_id FROM events ORDER BY id").fetchall()
+    stored = conn.execute("SELECT ts, user_id FROM staging ORDER BY rowid").fetchall()
     assert stored == [(i, f"u{i}") for i in range(1234)]
     conn.close()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from collector.storage import schema
+from collector.storage.bulk import BulkWriter
 from collector.storage.schema import Migration
 
 
@@ -23,7 +24,8 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def tables(conn: sqlite3.Connection) -> set[str]:
-    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    """Tables and views: `events` is a view over the partitions."""
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
     return {name for (name,) in rows}
 
 
@@ -50,7 +52,8 @@ BROKEN = Migration(
     """
     CREATE TABLE broken_new (x INTEGER);
     CREATE INDEX broken_new_x ON broken_new (x);
-    INSERT INTO events (ts, received_at, action) VALUES (1, 1, 'from broken migration');
+    INSERT INTO quarantine (received_at, source, reason, raw)
+        VALUES (1, 'test', 'from broken migration', x'00');
     CREATE INDEX nope ON no_such_table (x);
     """,
 )
@@ -71,7 +74,16 @@ def test_migrate_creates_the_schema_on_a_fresh_file(conn: sqlite3.Connection) ->
         "msg_id",
     ]
     assert columns(conn, "quarantine") == ["id", "received_at", "source", "reason", "raw"]
-    assert {"events_ts", "events_msg_id", "quarantine_received_at"} <= indexes(conn)
+    assert {"event_ids_day", "quarantine_received_at"} <= indexes(conn)
+    assert {
+        "partitions",
+        "users",
+        "actions",
+        "hourly_counts",
+        "daily_users",
+        "event_ids",
+        "blocks",
+    } <= tables(conn)
     assert recorded(conn) == ALL_RECORDED
     (applied_at,) = conn.execute("SELECT applied_at FROM schema_migrations").fetchone()
     assert before <= applied_at <= int(time.time() * 1000)
@@ -91,7 +103,7 @@ def test_migrate_keeps_existing_data(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     first = sqlite3.connect(path, isolation_level=None)
     schema.migrate(first)
-    first.execute(schema.INSERT_EVENT, (1, 2, "u", "a", 3, None, "m"))
+    BulkWriter(first).store([(1, 2, "u", "a", 3, None, "m")])
     first.close()
     second = sqlite3.connect(path, isolation_level=None)
     try:
@@ -111,6 +123,7 @@ def test_failing_migration_leaves_neither_its_tables_nor_its_record(
     assert "broken_new" not in tables(conn)
     assert "broken_new_x" not in indexes(conn)
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM quarantine").fetchone() == (0,)
     assert recorded(conn) == ALL_RECORDED
     assert not conn.in_transaction
 
@@ -171,42 +184,42 @@ def test_writer_pragmas(conn: sqlite3.Connection, mode: str) -> None:
     assert conn.execute("PRAGMA synchronous").fetchone() == (expected,)
 
 
-# --- INSERT_EVENT and INSERT_QUARANTINE ----------------------------------------------------
+# --- storing events (the writer's commit plan) and INSERT_QUARANTINE ---------------------
 
 
-def test_insert_event_ignores_a_repeated_msg_id(conn: sqlite3.Connection) -> None:
+def stored(conn: sqlite3.Connection) -> list[tuple[object, ...]]:
+    return conn.execute("SELECT ts, action, msg_id FROM events ORDER BY id").fetchall()
+
+
+def test_a_repeated_msg_id_is_stored_once(conn: sqlite3.Connection) -> None:
     schema.migrate(conn)
-    first = conn.execute(schema.INSERT_EVENT, (1, 10, "u1", "first", 1, None, "m-1"))
-    assert first.rowcount == 1
-    again = conn.execute(schema.INSERT_EVENT, (2, 20, "u2", "second", 2, '{"a":1}', "m-1"))
-    assert again.rowcount == 0
-    other = conn.execute(schema.INSERT_EVENT, (3, 30, None, "third", None, None, "m-2"))
-    assert other.rowcount == 1
-    rows = conn.execute("SELECT ts, action, msg_id FROM events ORDER BY id").fetchall()
-    assert rows == [(1, "first", "m-1"), (3, "third", "m-2")]
+    writer = BulkWriter(conn)
+    assert writer.store([(1, 10, "u1", "first", 1, None, "m-1")]) == 1
+    assert writer.store([(2, 20, "u2", "second", 2, '{"a":1}', "m-1")]) == 0
+    assert writer.store([(3, 30, None, "third", None, None, "m-2")]) == 1
+    assert stored(conn) == [(1, "first", "m-1"), (3, "third", "m-2")]
 
 
-def test_insert_event_never_deduplicates_rows_without_msg_id(conn: sqlite3.Connection) -> None:
+def test_rows_without_msg_id_are_never_deduplicated(conn: sqlite3.Connection) -> None:
     schema.migrate(conn)
     row = (1, 10, "u", "same", 1, None, None)
-    conn.executemany(schema.INSERT_EVENT, [row, row, row])
+    assert BulkWriter(conn).store([row, row, row]) == 3
     assert conn.execute("SELECT count(*) FROM events WHERE msg_id IS NULL").fetchone() == (3,)
 
 
-def test_insert_event_dedup_within_one_executemany(conn: sqlite3.Connection) -> None:
+def test_dedup_within_one_commit(conn: sqlite3.Connection) -> None:
     schema.migrate(conn)
-    cursor = conn.executemany(
-        schema.INSERT_EVENT,
+    count = BulkWriter(conn).store(
         [
             (1, 1, None, "a", None, None, "x"),
             (2, 2, None, "b", None, None, "x"),
             (3, 3, None, "c", None, None, None),
             (4, 4, None, "d", None, None, "y"),
-        ],
+        ]
     )
-    # rowcount, as the writer counts: the duplicate is left out, and so are the rows the
-    # rollup triggers write (total_changes would include them).
-    assert cursor.rowcount == 3
+    # The duplicate is left out of the count and of the rows (the rollups' rows are not
+    # counted either).
+    assert count == 3
     assert conn.execute("SELECT action FROM events ORDER BY id").fetchall() == [
         ("a",),
         ("c",),
@@ -214,14 +227,12 @@ def test_insert_event_dedup_within_one_executemany(conn: sqlite3.Connection) -> 
     ]
 
 
-def test_insert_event_stores_every_value_type(conn: sqlite3.Connection) -> None:
+def test_every_value_type_is_stored_as_given(conn: sqlite3.Connection) -> None:
     schema.migrate(conn)
     values = ["text", 2**63 - 1, -(2**63), 2.5, True, None]
-    conn.executemany(
-        schema.INSERT_EVENT, [(1, 1, None, "a", value, None, None) for value in values]
-    )
-    stored = [row[0] for row in conn.execute("SELECT value FROM events ORDER BY id")]
-    assert stored == ["text", 2**63 - 1, -(2**63), 2.5, 1, None]
+    BulkWriter(conn).store([(1, 1, None, "a", value, None, None) for value in values])
+    stored_values = [row[0] for row in conn.execute("SELECT value FROM events ORDER BY id")]
+    assert stored_values == ["text", 2**63 - 1, -(2**63), 2.5, 1, None]
 
 
 def test_insert_quarantine(conn: sqlite3.Connection) -> None:

@@ -1,5 +1,9 @@
-"""The query language answered from the SQLite file: SQL from compiler.py and rollups.py,
-run by the Reader on read-only connections."""
+"""The query language answered from the SQLite file: SQL from compiler.py, rollups.py and
+timeline.py, run by the Reader on read-only connections.
+
+Each answer reads the catalog of partitions first, then asks one statement over the
+partitions its window needs.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from collector.backends.sqlite import compiler, rollups
+from collector.backends.sqlite import compiler, rollups, timeline
 from collector.backends.sqlite.compiler import Query
 from collector.backends.sqlite.reader import Reader
-from collector.query.model import Filter, Result, Window
+from collector.backends.sqlite.sources import Source, check_field, sources_of
+from collector.query.errors import QueryError
+from collector.query.model import EVENT_COLUMNS, Filter, Result, Window
 from collector.settings import ReaderSettings
+
+EMPTY_USER = (None, None, 0, 0)
 
 
 class SqliteBackend:
@@ -31,6 +39,10 @@ class SqliteBackend:
     @property
     def path(self) -> Path:
         return self.reader.settings.path
+
+    async def sources(self) -> list[Source]:
+        result = await self.reader.fetch(compiler.CATALOG, max_rows=1_000_000)
+        return sources_of(result.rows)
 
     async def storage_summary(self) -> dict[str, Any]:
         result = await self.reader.fetch(compiler.summary_query())
@@ -52,17 +64,17 @@ class SqliteBackend:
         group: str | None,
         limit: int,
     ) -> Result:
-        """From the rollups when they hold the answer (event counts by action), else from
-        events."""
-        query: Query | None = None
-        if not distinct_users and rollups.covers(filters):
-            if group is None:
-                query = rollups.total_count_query(filters, window.since, window.until)
-            elif group == "action":
-                query = rollups.action_count_query(filters, window.since, window.until, limit)
+        """From the rollups when they hold the answer, else from the events."""
+        if group is not None:
+            check_field(group)
+        sources = await self.sources()
+        query = rollup_count(
+            sources, filters, window, distinct_users=distinct_users, group=group, limit=limit
+        )
         if query is None:
-            where = compiler.build_where(filters, window.since, window.until)
-            query = compiler.count_query(where, distinct_users, group, limit)
+            query = compiler.count_query(
+                sources, filters, window, distinct_users=distinct_users, group=group, limit=limit
+            )
         return await self.reader.fetch(query)
 
     async def bucket_counts(
@@ -73,38 +85,91 @@ class SqliteBackend:
         *,
         distinct_users: bool,
     ) -> Result:
-        if not distinct_users and rollups.covers(filters):
-            query = rollups.bucket_count_query(filters, starts, span)
-        else:
-            query = compiler.bucket_query(filters, distinct_users, starts, span)
+        sources = await self.sources()
+        query: Query | None = None
+        if rollups.covers(filters):
+            if distinct_users:
+                query = rollups.bucket_users_query(sources, filters, starts, span)
+            else:
+                query = rollups.bucket_count_query(sources, filters, starts, span)
+        if query is None:
+            query = compiler.bucket_query(
+                sources, filters, starts, span, distinct_users=distinct_users
+            )
         return await self.reader.fetch(query, max_rows=compiler.MAX_BUCKETS)
 
     async def first_event_time(self, filters: Sequence[Filter]) -> int | None:
-        result = await self.reader.fetch(compiler.first_time_query(filters))
+        sources = await self.sources()
+        result = await self.reader.fetch(compiler.first_time_query(sources, filters))
         value = result.rows[0][0]
         return None if value is None else int(value)
 
     async def top(
         self, field: str, filters: Sequence[Filter], window: Window, limit: int
     ) -> Result:
-        where = compiler.build_where(filters, window.since, window.until)
-        return await self.reader.fetch(compiler.top_query(where, field, limit))
+        check_field(field)
+        sources = await self.sources()
+        if field == "action" and rollups.covers(filters):
+            return await self._top_actions(sources, filters, window, limit)
+        return await self.reader.fetch(compiler.top_query(sources, field, filters, window, limit))
+
+    async def _top_actions(
+        self, sources: Sequence[Source], filters: Sequence[Filter], window: Window, limit: int
+    ) -> Result:
+        """Events per action from hourly_counts and distinct users from daily_users, joined
+        here: two short statements instead of one scan of the window's events."""
+        since, until = window.since, window.until
+        events = await self.reader.fetch(
+            rollups.action_count_query(sources, filters, since, until, 1_000_000),
+            max_rows=1_000_000,
+        )
+        users = await self.reader.fetch(
+            rollups.users_by_action_query(sources, filters, since, until), max_rows=1_000_000
+        )
+        distinct = dict(users.rows)
+        rows = [(action, n, distinct.get(action, 0)) for action, n in events.rows if n]
+        seconds = events.seconds + users.seconds
+        return Result(rows[:limit], False, seconds, ("action", "events", "users"))
 
     async def events(
         self, filters: Sequence[Filter], window: Window, limit: int, *, descending: bool
     ) -> Result:
-        where = compiler.build_where(filters, window.since, window.until)
-        return await self.reader.fetch(compiler.events_query(where, limit, descending))
+        sources = await self.sources()
+        return await self.reader.fetch(
+            compiler.events_query(sources, filters, window, limit, descending=descending)
+        )
 
     async def user_summary(self, filters: Sequence[Filter], window: Window) -> Result:
-        where = compiler.build_where(filters, window.since, window.until)
-        return await self.reader.fetch(compiler.user_summary_query(where))
+        user, others = split_user(filters)
+        sources = await self.sources()
+        return await self.reader.fetch(timeline.summary_query(sources, user, others, window))
+
+    async def user_events(self, filters: Sequence[Filter], window: Window, limit: int) -> Result:
+        """The user's newest events: their keys through the by-user tables, then the rows."""
+        user, others = split_user(filters)
+        sources = await self.sources()
+        newest = await self.reader.fetch(
+            timeline.newest_query(sources, user, others, window, limit)
+        )
+        by_source: dict[int, list[tuple[int, int]]] = {}
+        for src, ts, event_id in newest.rows:
+            by_source.setdefault(src, []).append((ts, event_id))
+        rows: list[tuple[Any, ...]] = []
+        seconds = newest.seconds
+        for src, keys in by_source.items():
+            found = await self.reader.fetch(timeline.rows_query(sources[src], keys))
+            rows += found.rows
+            seconds += found.seconds
+        rows.sort(key=lambda row: (row[1], row[0]), reverse=True)
+        return Result(rows, newest.truncated, seconds, EVENT_COLUMNS)
 
     async def users(
         self, filters: Sequence[Filter], window: Window, minimum: int, limit: int
     ) -> Result:
-        where = compiler.build_where(filters, window.since, window.until)
-        return await self.reader.fetch(compiler.users_query(where, minimum, limit))
+        sources = await self.sources()
+        return await self.reader.fetch(
+            compiler.users_query(sources, filters, window, minimum, limit)
+        )
 
     async def events_by_id(
         self,
@@ -116,15 +181,19 @@ class SqliteBackend:
         *,
         newest_first: bool = False,
     ) -> Result:
-        where = compiler.id_range_where(filters, window.since, window.until, after, through)
-        query = compiler.events_query(where, limit, descending=newest_first, order_by="id")
+        sources = await self.sources()
+        query = compiler.by_id_query(
+            sources, filters, window, (after, through), limit, newest_first=newest_first
+        )
         return await self.reader.fetch(query, max_rows=limit)
 
     async def count_by_id(
         self, filters: Sequence[Filter], window: Window, after: int, through: int | None
     ) -> int:
-        where = compiler.id_range_where(filters, window.since, window.until, after, through)
-        result = await self.reader.fetch(compiler.count_where_query(where))
+        sources = await self.sources()
+        result = await self.reader.fetch(
+            compiler.count_by_id_query(sources, filters, window, (after, through))
+        )
         return int(result.rows[0][0])
 
     async def max_event_id(self) -> int:
@@ -136,6 +205,36 @@ class SqliteBackend:
 
     async def sql(self, statement: str) -> Result:
         return await self.reader.fetch(Query(statement, (), ()), read_only_sql=True)
+
+
+def rollup_count(
+    sources: Sequence[Source],
+    filters: Sequence[Filter],
+    window: Window,
+    *,
+    distinct_users: bool,
+    group: str | None,
+    limit: int,
+) -> Query | None:
+    """The rollup query that answers this count, if any."""
+    if not rollups.covers(filters):
+        return None
+    since, until = window.since, window.until
+    if group is None:
+        if distinct_users:
+            return rollups.unique_query(sources, filters, since, until)
+        return rollups.total_count_query(sources, filters, since, until)
+    if group == "action" and not distinct_users:
+        return rollups.action_count_query(sources, filters, since, until, limit)
+    return None
+
+
+def split_user(filters: Sequence[Filter]) -> tuple[str, list[Filter]]:
+    """The user of USER's filters (the api puts it last) and the other filters."""
+    *others, mine = filters
+    if mine.field != "user" or mine.negated or len(mine.values) != 1:
+        raise QueryError("INTERNAL", "a user's events need exactly one user")
+    return mine.values[0], others
 
 
 def file_size(path: Path) -> int:

@@ -1,40 +1,47 @@
-"""Queries answered from the rollup table (migration 2) instead of scanning events.
+"""Queries answered from the rollups instead of the events. Pure.
 
-`hourly_counts` holds the number of events per (hour, action); a trigger keeps it in the
-transaction that inserts the events, so it agrees with `events` at every commit. A count over a
-window takes the whole hours inside it from `hourly_counts` and only the partial hours at
-its edges from `events` (through the `ts` index), so it reads a few thousand rollup rows
-plus at most two hours of events, whatever the window. Pure: no database, no clock.
+`hourly_counts` (events per hour and action id) is kept by every commit, so a count over a
+window takes its whole hours from there and only the partial hours at its edges from the
+partitions. `daily_users` (distinct users per UTC day and action id, action 0 for any,
+with the first and last time of each within the day) is kept by the indexer for what it
+has indexed: distinct users over a window take whole days from there, the partial days at
+its edges from the first and last times, and what the indexer has not reached (the tail of
+each partition) from the events. A window within one UTC day is read from the events.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from collector.backends.sqlite.compiler import (
-    MAX_BUCKETS,
-    Query,
+from collector.backends.sqlite.compiler import Arms, Query, arms, check_buckets
+from collector.backends.sqlite.sources import (
+    Source,
     Where,
-    add_filter,
-    build_where,
+    dictionary_ids,
+    filtered,
+    in_window,
+    only_actions,
 )
-from collector.clock import HOUR_MS
-from collector.query.errors import QueryError
+from collector.clock import DAY_MS, HOUR_MS
 from collector.query.model import Filter
+from collector.storage.layout import ANY_ACTION
 
-# The end of year 9999, the latest event time the daemon accepts; a whole hour.
+# The end of year 9999, the latest event time the daemon accepts; a whole hour and day.
 END_OF_TIME = 253_402_300_800_000
+# Distinct users per bucket from the rollups up to this many buckets (each is a subquery).
+MAX_ROLLUP_BUCKETS = 400
+
+covers = only_actions
 
 
-def covers(filters: Sequence[Filter]) -> bool:
-    """Whether the rollup holds what these filters ask (it keeps the action only)."""
-    return all(flt.field == "action" for flt in filters)
-
-
-def action_where(filters: Sequence[Filter], alias: str) -> Where:
+def action_ids(filters: Sequence[Filter], column: str) -> Where:
+    """`column` (an action id) limited by the action filters."""
     where = Where()
     for flt in filters:
-        add_filter(where, flt, alias)
+        ids, params = dictionary_ids(flt)
+        operator = "NOT IN" if flt.negated else "IN"
+        where.add(f"{column} {operator} ({ids})", *params)
     return where
 
 
@@ -44,64 +51,222 @@ def hour_split(start: int, stop: int) -> tuple[int, int]:
     return first, max(stop // HOUR_MS * HOUR_MS, first)
 
 
-def bucket_count_query(
-    filters: Sequence[Filter], starts: Sequence[int], window: tuple[int, int]
+def edge_counts(
+    sources: Sequence[Source], filters: Sequence[Filter], start: int, stop: int
+) -> Arms:
+    """count(*) AS c of the events in [start, stop), one arm per source."""
+    chosen = in_window(sources, start, stop) if start < stop else []
+
+    def arm(source: Source) -> tuple[str, list[Any]]:
+        where = filtered(source, filters, start, stop)
+        return f"SELECT count(*) AS c FROM {source.name} p WHERE {where.sql()}", where.params
+
+    return arms(chosen, arm)
+
+
+def total_count_query(
+    sources: Sequence[Source], filters: Sequence[Filter], since: int | None, until: int | None
 ) -> Query:
-    """Events per time bucket, empty buckets included; as compiler.bucket_query, the first
-    and last calendar buckets are clipped to the window [since, until)."""
-    if len(starts) > MAX_BUCKETS:
-        raise QueryError("LIMIT", f"{len(starts)} buckets, more than {MAX_BUCKETS}: narrow since=")
-    rollup = action_where(filters, "h.")
-    edge = action_where(filters, "e.")
-    values = ",".join(["(?, ?)"] * len(starts))
-    sql = (
-        f"WITH b(start, stop) AS (VALUES {values}), "
-        "c AS (SELECT start, max(start, ?) AS lo, stop FROM b), "
-        "s AS (SELECT start, lo, stop,"
-        f" min((lo + {HOUR_MS - 1}) / {HOUR_MS} * {HOUR_MS}, stop) AS hs FROM c), "
-        f"w AS (SELECT start, lo, stop, hs, max(stop / {HOUR_MS} * {HOUR_MS}, hs) AS he FROM s) "
-        "SELECT w.start AS start, "
-        "(SELECT coalesce(sum(h.events), 0) FROM hourly_counts h"
-        f" WHERE h.hour >= w.hs AND h.hour < w.he AND {rollup.sql()})"
-        " + (SELECT count(*) FROM events e"
-        f" WHERE e.ts >= w.lo AND e.ts < w.hs AND {edge.sql()})"
-        " + (SELECT count(*) FROM events e"
-        f" WHERE e.ts >= w.he AND e.ts < w.stop AND {edge.sql()}) AS n "
-        "FROM w ORDER BY w.start"
-    )
-    bounds = [*starts[1:], window[1]]
-    params = [p for pair in zip(starts, bounds, strict=True) for p in pair]
-    return Query(
-        sql,
-        (*params, window[0], *rollup.params, *edge.params, *edge.params),
-        ("bucket", "events"),
-    )
-
-
-def total_count_query(filters: Sequence[Filter], since: int | None, until: int | None) -> Query:
     start = 0 if since is None else since
     stop = END_OF_TIME if until is None else max(until, start)
-    query = bucket_count_query(filters, [start], (start, stop))
-    return Query(f"SELECT n FROM ({query.sql})", query.params, ("events",))
+    first, last = hour_split(start, stop)
+    rollup = action_ids(filters, "action")
+    edges = edge_counts(sources, filters, start, first)
+    tail = edge_counts(sources, filters, last, stop)
+    counts = [
+        "SELECT coalesce(sum(events), 0) AS c FROM hourly_counts"
+        f" WHERE hour >= ? AND hour < ? AND {rollup.sql()}",
+        *edges.sql,
+        *tail.sql,
+    ]
+    sql = f"SELECT sum(c) FROM ({' UNION ALL '.join(counts)})"
+    return Query(sql, (first, last, *rollup.params, *edges.params, *tail.params), ("events",))
 
 
 def action_count_query(
-    filters: Sequence[Filter], since: int | None, until: int | None, limit: int
+    sources: Sequence[Source],
+    filters: Sequence[Filter],
+    since: int | None,
+    until: int | None,
+    limit: int,
 ) -> Query:
     """Events per action in [since, until), most frequent first."""
     start = 0 if since is None else since
     stop = END_OF_TIME if until is None else max(until, start)
     first, last = hour_split(start, stop)
-    rollup = action_where(filters, "")
-    head = build_where(filters, start, first)
-    tail = build_where(filters, last, stop)
-    sql = (
-        "SELECT action, sum(n) AS total FROM ("
-        "SELECT action, sum(events) AS n FROM hourly_counts"
+    rollup = action_ids(filters, "action")
+    parts = [
+        "SELECT action AS k, sum(events) AS n FROM hourly_counts"
         f" WHERE hour >= ? AND hour < ? AND {rollup.sql()} GROUP BY action"
-        f" UNION ALL SELECT action, count(*) FROM events WHERE {head.sql()} GROUP BY action"
-        f" UNION ALL SELECT action, count(*) FROM events WHERE {tail.sql()} GROUP BY action"
-        ") GROUP BY action ORDER BY total DESC, action LIMIT ?"
+    ]
+    params: list[Any] = [first, last, *rollup.params]
+    for lo, hi in ((start, first), (last, stop)):
+        edge = edge_by_action(sources, filters, lo, hi)
+        parts += edge.sql
+        params += edge.params
+    sql = (
+        f"SELECT a.name, sum(n) AS total FROM ({' UNION ALL '.join(parts)}) t"
+        " JOIN actions a ON a.id = t.k GROUP BY a.name ORDER BY total DESC, a.name LIMIT ?"
     )
-    params = (first, last, *rollup.params, *head.params, *tail.params, limit)
-    return Query(sql, params, ("action", "events"))
+    return Query(sql, (*params, limit), ("action", "events"))
+
+
+def edge_by_action(
+    sources: Sequence[Source], filters: Sequence[Filter], start: int, stop: int
+) -> Arms:
+    chosen = in_window(sources, start, stop) if start < stop else []
+
+    def arm(source: Source) -> tuple[str, list[Any]]:
+        where = filtered(source, filters, start, stop)
+        key = source.action_key()
+        return (
+            f"SELECT {key} AS k, count(*) AS n FROM {source.name} p WHERE {where.sql()} GROUP BY k",
+            where.params,
+        )
+
+    return arms(chosen, arm)
+
+
+def bucket_count_query(
+    sources: Sequence[Source],
+    filters: Sequence[Filter],
+    starts: Sequence[int],
+    window: tuple[int, int],
+) -> Query:
+    """Events per time bucket, empty buckets included, each from the rollup and its edges;
+    the first and last calendar buckets are clipped to the window [since, until)."""
+    check_buckets(starts)
+    bounds = [*starts[1:], window[1]]
+    parts: list[str] = []
+    params: list[Any] = []
+    for index, (start, stop) in enumerate(zip(starts, bounds, strict=True)):
+        count = total_count_query(sources, filters, max(start, window[0]), stop)
+        parts.append(f"SELECT {index} AS i, ? AS start, ({count.sql}) AS n")
+        params += [start, *count.params]
+    sql = f"SELECT start, n FROM ({' UNION ALL '.join(parts)}) ORDER BY i"
+    return Query(sql, tuple(params), ("bucket", "events"))
+
+
+def day_split(start: int, stop: int) -> tuple[int, int, int, int] | None:
+    """For [start, stop) over at least two UTC days: its first day, the offset it starts
+    at within that day, its last day and the offset it ends at (exclusive) within that one;
+    None for a window within one day."""
+    first_day, last_day = start // DAY_MS, (stop - 1) // DAY_MS
+    if first_day == last_day and not (start % DAY_MS == 0 and stop - start == DAY_MS):
+        return None
+    return first_day, start % DAY_MS, last_day, stop - last_day * DAY_MS
+
+
+def users_union(
+    sources: Sequence[Source],
+    filters: Sequence[Filter],
+    start: int,
+    stop: int,
+    with_action: bool = False,
+) -> tuple[str, list[Any]]:
+    """A compound SELECT of the (action, user) ids (or user ids) with a matching event in
+    [start, stop): daily_users for what is indexed, the events for the rest. `filters` are
+    on the action only."""
+    columns = "action, user" if with_action else "user"
+    parts: list[str] = []
+    params: list[Any] = []
+    days = day_split(start, stop)
+    if days is None:
+        raw = raw_users(sources, filters, start, stop, with_action=with_action, indexed_too=True)
+        return raw.union(
+            "UNION", f"SELECT {'NULL, ' if with_action else ''}NULL WHERE 0"
+        ), raw.params
+    first_day, first_at, last_day, last_until = days
+    rollup = (
+        action_ids(filters, "action")
+        if filters or with_action
+        else Where().add("action = ?", ANY_ACTION)
+    )
+    if with_action:
+        rollup.add("action != ?", ANY_ACTION)
+    condition = rollup.sql()
+    parts.append(
+        f"SELECT {columns} FROM daily_users WHERE day = ? AND last_ms >= ? AND {condition}"
+    )
+    params += [first_day, first_at, *rollup.params]
+    parts.append(f"SELECT {columns} FROM daily_users WHERE day > ? AND day < ? AND {condition}")
+    params += [first_day, last_day, *rollup.params]
+    parts.append(
+        f"SELECT {columns} FROM daily_users WHERE day = ? AND first_ms < ? AND {condition}"
+    )
+    params += [last_day, last_until, *rollup.params]
+    raw = raw_users(sources, filters, start, stop, with_action=with_action, indexed_too=False)
+    return " UNION ".join([*parts, *raw.sql]), [*params, *raw.params]
+
+
+def raw_users(
+    sources: Sequence[Source],
+    filters: Sequence[Filter],
+    start: int,
+    stop: int,
+    *,
+    with_action: bool,
+    indexed_too: bool,
+) -> Arms:
+    """From the events: every matching row in [start, stop) when `indexed_too`, else only
+    the rows the indexer has not reached (and the legacy table, which it never indexes)."""
+
+    def arm(source: Source) -> tuple[str, list[Any]]:
+        where = filtered(source, filters, start, stop)
+        key = source.user_key()
+        where.add(f"{key} IS NOT NULL")
+        if not indexed_too:
+            tail, tail_params = source.tail()
+            where.add(tail, *tail_params)
+        columns = f"{source.action_key()}, {key}" if with_action else key
+        return f"SELECT {columns} FROM {source.rows()} WHERE {where.sql()}", where.params
+
+    return arms(in_window(sources, start, stop), arm)
+
+
+def unique_query(
+    sources: Sequence[Source], filters: Sequence[Filter], since: int | None, until: int | None
+) -> Query:
+    start = 0 if since is None else since
+    stop = END_OF_TIME if until is None else max(until, start)
+    if start >= stop:
+        return Query("SELECT 0", (), ("users",))
+    union, params = users_union(sources, filters, start, stop)
+    return Query(f"SELECT count(*) FROM ({union})", tuple(params), ("users",))
+
+
+def users_by_action_query(
+    sources: Sequence[Source], filters: Sequence[Filter], since: int | None, until: int | None
+) -> Query:
+    """(action name, distinct users) for every action with a matching event."""
+    start = 0 if since is None else since
+    stop = END_OF_TIME if until is None else max(until, start)
+    if start >= stop:
+        return Query("SELECT NULL, 0 WHERE 0", (), ("action", "users"))
+    union, params = users_union(sources, filters, start, stop, with_action=True)
+    sql = (
+        f"SELECT a.name, count(*) FROM ({union}) t JOIN actions a ON a.id = t.action"
+        " GROUP BY a.name"
+    )
+    return Query(sql, tuple(params), ("action", "users"))
+
+
+def bucket_users_query(
+    sources: Sequence[Source],
+    filters: Sequence[Filter],
+    starts: Sequence[int],
+    window: tuple[int, int],
+) -> Query | None:
+    """Distinct users per bucket from the rollups; None past MAX_ROLLUP_BUCKETS buckets."""
+    if len(starts) > MAX_ROLLUP_BUCKETS:
+        return None
+    check_buckets(starts)
+    bounds = [*starts[1:], window[1]]
+    parts: list[str] = []
+    params: list[Any] = []
+    for index, (start, stop) in enumerate(zip(starts, bounds, strict=True)):
+        count = unique_query(sources, filters, max(start, window[0]), stop)
+        parts.append(f"SELECT {index} AS i, ? AS start, ({count.sql}) AS n")
+        params += [start, *count.params]
+    sql = f"SELECT start, n FROM ({' UNION ALL '.join(parts)}) ORDER BY i"
+    return Query(sql, tuple(params), ("bucket", "users"))

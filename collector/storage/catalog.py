@@ -1,0 +1,98 @@
+"""The writer's picture of the `partitions` table: which partitions exist, what they hold,
+how far the indexer has come, and the next event id. Loaded at open; kept in step by the
+plans that change it, and loaded again after a failed transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from collector.storage.layout import LATE, LEGACY, Partition, day_partition
+from collector.storage.plan import Fetch, Plan, Run
+
+
+@dataclass(slots=True)
+class PartitionState:
+    partition: Partition
+    rows: int = 0
+    min_ts: int | None = None
+    max_ts: int | None = None
+    min_id: int | None = None
+    max_id: int | None = None
+    indexed_through: int = 0
+
+    def add(self, rows: int, min_ts: int, max_ts: int, min_id: int, max_id: int) -> None:
+        self.rows += rows
+        self.min_ts = min_ts if self.min_ts is None else min(self.min_ts, min_ts)
+        self.max_ts = max_ts if self.max_ts is None else max(self.max_ts, max_ts)
+        self.min_id = min_id if self.min_id is None else min(self.min_id, min_id)
+        self.max_id = max_id if self.max_id is None else max(self.max_id, max_id)
+
+    def saved(self) -> Run:
+        return Run(
+            "UPDATE partitions SET rows = ?, min_ts = ?, max_ts = ?, min_id = ?, max_id = ?,"
+            " indexed_through = ? WHERE name = ?",
+            (
+                self.rows,
+                self.min_ts,
+                self.max_ts,
+                self.min_id,
+                self.max_id,
+                self.indexed_through,
+                self.partition.name,
+            ),
+        )
+
+    @property
+    def backlog(self) -> bool:
+        """Rows the indexer has still to take into the by-user table and daily_users."""
+        return (
+            self.partition.mapped and self.max_id is not None and self.indexed_through < self.max_id
+        )
+
+
+@dataclass
+class Catalog:
+    live: dict[str, PartitionState] = field(default_factory=dict)
+    next_id: int = 1
+
+    def partitions(self) -> list[Partition]:
+        return [state.partition for state in self.live.values()]
+
+    @property
+    def legacy(self) -> PartitionState | None:
+        return self.live.get(LEGACY)
+
+
+SELECT_CATALOG = (
+    "SELECT name, kind, day, rows, min_ts, max_ts, min_id, max_id, indexed_through, dropped_at"
+    " FROM partitions ORDER BY coalesce(day, -1), name"
+)
+
+
+def load_catalog() -> Plan[Catalog]:
+    rows = yield Fetch(SELECT_CATALOG)
+    catalog = Catalog()
+    highest = 0
+    for name, kind, day, count, min_ts, max_ts, min_id, max_id, indexed, dropped in rows:
+        highest = max(highest, max_id or 0)
+        if dropped is None:
+            state = PartitionState(Partition(name, kind, day), count, min_ts, max_ts)
+            state.min_id, state.max_id, state.indexed_through = min_id, max_id, indexed
+            catalog.live[name] = state
+    catalog.next_id = highest + 1
+    return catalog
+
+
+def new_partition(partition: Partition, indexed_through: int) -> Run:
+    return Run(
+        "INSERT INTO partitions (name, kind, day, indexed_through) VALUES (?, ?, ?, ?)",
+        (partition.name, partition.kind, partition.day, indexed_through),
+    )
+
+
+def late_partition() -> Partition:
+    return Partition(LATE, "late", None)
+
+
+def partition_for_day(day: int) -> Partition:
+    return day_partition(day)
