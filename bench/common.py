@@ -9,7 +9,7 @@ Not a benchmark itself; the benchmarks import it:
 - `udp_kernel_counters`, `counter_delta`: the kernel's system-wide UDP counters;
 - `wait_until_settled`: wait until the events table stops growing;
 - `read_reply`: the daemon's next msgpack reply on a TCP connection;
-- `writer_connection`, `insert_transaction`: a database written as the daemon's writer does,
+- `writer_connection`, `bulk_writer`: a database written as the daemon's writer does,
   for the benchmarks that insert without a daemon;
 - `machine_info`: CPUs, CPU model, Python and kernel of the report;
 - `per_second`, `quantile_ms`, `kb_to_mb`: the figures as the reports round them.
@@ -31,8 +31,9 @@ from typing import Any
 
 import msgpack
 
-from collector.events import Row
 from collector.storage import schema
+from collector.storage.bulk import BulkWriter
+from collector.storage.writer import prepare_database
 from collector.testing import DaemonProcess, count_rows
 
 LOOPBACK = "127.0.0.1"
@@ -116,12 +117,11 @@ def writer_connection(path: Path, check_same_thread: bool = True) -> sqlite3.Con
     return conn
 
 
-def insert_transaction(conn: sqlite3.Connection, rows: list[Row]) -> None:
-    """`rows` in one transaction, through the writer's multi-row statements."""
-    conn.execute("BEGIN IMMEDIATE")
-    for sql, params in schema.insert_plan(rows):
-        conn.executemany(sql, params)
-    conn.execute("COMMIT")
+def bulk_writer(path: Path, late_after_days: int = 1) -> BulkWriter:
+    """The writer's commit plans on a connection set up as the writer's (the database is
+    created and migrated first)."""
+    prepare_database(path, "normal")
+    return BulkWriter(writer_connection(path, check_same_thread=False), late_after_days)
 
 
 # Watching the daemon

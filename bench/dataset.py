@@ -2,10 +2,12 @@
 
     python -m bench.dataset DB [--events 10000000] [--users 200000] [--actions 50] [--days 30]
 
-Writes straight into a new database with the daemon's own schema and INSERT statements
-(`storage.schema`), much faster than the ingest path. Activity is skewed: user weights and
-action weights follow a power law (a few heavy users, a few common actions), event times
-cover the last --days days up to now, in time order, as the daemon would have stored them.
+Writes straight into a new database with the daemon's own commit and indexer
+(`storage.bulk.BulkWriter`), much faster than the ingest path, as if each chunk had been
+committed when its last event happened. Activity is skewed: user weights and action weights
+follow a power law (a few heavy users, a few common actions), event times cover the last
+--days days up to now, in time order; `extra` is compact JSON, as the daemon stores it.
+A progress line is printed every few seconds.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.common import insert_transaction, writer_connection
+from bench.common import bulk_writer
 from collector.events import Row
-from collector.storage.writer import prepare_database
 
 DAY_MS = 86_400_000
 CHUNK = 50_000
@@ -51,20 +52,36 @@ def make_events(args: argparse.Namespace, now_ms: int) -> Iterator[Row]:
 def extra(rng: random.Random) -> str | None:
     if rng.random() < 0.3:
         return None
-    return json.dumps({"page": rng.choice(PAGES), "ms": rng.randrange(5, 5000)})
+    return json.dumps(
+        {"page": rng.choice(PAGES), "ms": rng.randrange(5, 5000)}, separators=(",", ":")
+    )
 
 
-def load(path: Path, rows: Iterator[Row]) -> int:
-    prepare_database(path, "normal")
-    conn = writer_connection(path)
+PROGRESS_SECONDS = 5.0
+
+
+def load(path: Path, rows: Iterator[Row], expected: int) -> int:
+    writer = bulk_writer(path)
     total = 0
+    started = last = time.perf_counter()
     while chunk := list(itertools.islice(rows, CHUNK)):
-        insert_transaction(conn, chunk)
+        writer.store(chunk, at_ms=chunk[-1][0])
         total += len(chunk)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.execute("ANALYZE")
-    conn.close()
+        if time.perf_counter() - last >= PROGRESS_SECONDS:
+            last = time.perf_counter()
+            progress(total, expected, last - started)
+    print(f"stored {total:,} events in {time.perf_counter() - started:.0f} s; indexing")
+    writer.index()
+    writer.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    writer.conn.execute("ANALYZE")
+    writer.conn.close()
     return total
+
+
+def progress(done: int, expected: int, seconds: float) -> None:
+    share = done / expected if expected else 1.0
+    bar = "#" * int(share * 30)
+    print(f"[{bar:<30}] {done:,} / {expected:,} events, {seconds:.0f} s", flush=True)
 
 
 def main() -> None:
@@ -79,7 +96,8 @@ def main() -> None:
     if args.db.exists():
         parser.error(f"{args.db} exists; choose a new path")
     started = time.perf_counter()
-    total = load(args.db, make_events(args, time.time_ns() // 1_000_000))
+    expected = args.events // args.days * args.days
+    total = load(args.db, make_events(args, time.time_ns() // 1_000_000), expected)
     elapsed = time.perf_counter() - started
     size_mb = args.db.stat().st_size / 1e6
     print(f"{total:,} events in {elapsed:.0f} s ({total / elapsed:,.0f}/s), {size_mb:,.0f} MB")

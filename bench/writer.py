@@ -2,10 +2,12 @@
 
     python -m bench.writer [--rows 100000] [--batch 5000] [--switch-interval-ms 5] [--ids]
 
-Compares `executemany` of a one-row INSERT with the writer's multi-row statements
-(`schema.insert_plan`), in transactions of --batch rows on a fresh database with the real
-schema. "busy" runs a second thread that spins in Python, as the event loop does under load:
-it shows what each GIL release inside sqlite3 costs the inserting thread.
+Compares binding the rows into the commit's staging table with `executemany` of a one-row
+INSERT and with the writer's multi-row statements (`schema.insert_plan`), and the writer's
+whole commit (`storage.commit.commit_plan`: staging, dedup, dictionaries, the partition, the
+hourly rollup), in transactions of --batch rows on a fresh database. "busy" runs a second
+thread that spins in Python, as the event loop does under load: it shows what each GIL
+release inside sqlite3 costs the inserting thread.
 """
 
 from __future__ import annotations
@@ -19,21 +21,34 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import writer_connection
+from bench.common import bulk_writer
 from collector.events import Row
 from collector.storage import schema
-from collector.storage.writer import prepare_database
+from collector.storage.bulk import BulkWriter
+from collector.storage.commit import CLEAR_STAGING
 
-Strategy = Callable[[sqlite3.Connection, list[Row]], None]
+Strategy = Callable[[BulkWriter, list[Row]], None]
 
 
-def one_row_executemany(conn: sqlite3.Connection, rows: list[Row]) -> None:
+def one_row_executemany(writer: BulkWriter, rows: list[Row]) -> None:
+    conn = writer.conn
+    conn.execute("BEGIN IMMEDIATE")
     conn.executemany(schema.INSERT_EVENT, rows)
+    conn.execute(CLEAR_STAGING)
+    conn.execute("COMMIT")
 
 
-def multi_row(conn: sqlite3.Connection, rows: list[Row]) -> None:
+def multi_row(writer: BulkWriter, rows: list[Row]) -> None:
+    conn = writer.conn
+    conn.execute("BEGIN IMMEDIATE")
     for sql, params in schema.insert_plan(rows):
         conn.executemany(sql, params)
+    conn.execute(CLEAR_STAGING)
+    conn.execute("COMMIT")
+
+
+def whole_commit(writer: BulkWriter, rows: list[Row]) -> None:
+    writer.store(rows, at_ms=rows[-1][0])
 
 
 def make_rows(first: int, count: int, with_ids: bool) -> list[Row]:
@@ -54,8 +69,7 @@ def make_rows(first: int, count: int, with_ids: bool) -> list[Row]:
 
 def rows_per_second(strategy: Strategy, args: argparse.Namespace, busy: bool) -> float:
     path = Path(tempfile.mkdtemp(prefix="collector-bench-")) / "events.db"
-    prepare_database(path, "normal")
-    conn = writer_connection(path, check_same_thread=False)
+    writer = bulk_writer(path)
     batches = [make_rows(n, args.batch, args.ids) for n in range(0, args.rows, args.batch)]
     stop = threading.Event()
     spinner = threading.Thread(target=spin, args=(stop,), daemon=True)
@@ -64,15 +78,13 @@ def rows_per_second(strategy: Strategy, args: argparse.Namespace, busy: bool) ->
     started = time.perf_counter()
     inserted = 0
     for rows in batches:
-        conn.execute("BEGIN IMMEDIATE")
-        strategy(conn, rows)
-        conn.execute("COMMIT")
+        strategy(writer, rows)
         inserted += len(rows)
         if time.perf_counter() - started > args.max_seconds:
             break
     elapsed = time.perf_counter() - started
     stop.set()
-    conn.close()
+    writer.conn.close()
     return inserted / elapsed
 
 
@@ -96,6 +108,7 @@ def main() -> None:
     strategies: dict[str, Strategy] = {
         "executemany, one row per statement": one_row_executemany,
         "multi-row statements (insert_plan)": multi_row,
+        "the whole commit (commit_plan)": whole_commit,
     }
     print(f"sqlite {sqlite3.sqlite_version}, switch interval {args.switch_interval_ms} ms")
     for busy in (False, True):

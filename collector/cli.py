@@ -1,4 +1,4 @@
-"""Command line: `collector serve`, `check-config`, `backup` and `example-config`.
+"""Command line: `collector serve`, `check-config`, `backup`, `compact` and `example-config`.
 
 Every Config option becomes a flag of each command, with its help text and default.
 """
@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("dest", type=Path, metavar="DEST", help="file to write the copy to")
     backup.add_argument("--force", action="store_true", help="replace DEST if it exists")
     commands.add_parser(
+        "compact",
+        parents=[shared],
+        allow_abbrev=False,
+        help="give the space of dropped days back to the filesystem (see docs/storage.md)",
+    )
+    commands.add_parser(
         "example-config",
         allow_abbrev=False,
         help="print a TOML configuration with every option and its default",
@@ -118,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "backup":
         return run_backup(config, args.dest, args.force)
+    if args.command == "compact":
+        return run_compact(config)
     from collector.logs import configure_logging
     from collector.runner import run
 
@@ -150,5 +158,21 @@ def run_backup(config: Config, dest: Path, force: bool) -> int:
     print(
         f"backup of {config.db} written to {result.path}: {result.events} events, "
         f"{result.bytes} bytes in {result.seconds:.1f}s"
+    )
+    return 0
+
+
+def run_compact(config: Config) -> int:
+    from collector.compact import CompactError, compact
+
+    try:
+        result = compact(config.db)
+    except CompactError as exc:
+        print(f"collector: {exc}", file=sys.stderr)
+        return 1
+    how = "rebuilt with VACUUM" if result.rebuilt else "freed incrementally"
+    print(
+        f"{config.db}: {result.before_bytes:,} -> {result.after_bytes:,} bytes"
+        f" ({how}) in {result.seconds:.1f}s"
     )
     return 0

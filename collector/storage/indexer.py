@@ -3,9 +3,10 @@
 A commit only appends to a partition (cheap: its rows arrive nearly in (ts, id) order).
 The indexer then takes the partition's rows past its `indexed_through` id, a chunk per
 transaction, into `<partition>_by_user` (action, user, ts, id) and into `daily_users`
-(distinct users per UTC day and action, with the first and last time of each, and per day
-for any action). Queries read the indexed part from those and the rest (normally one or two
-commits' worth) from the partition itself, so answers are exact at every moment.
+(distinct users per UTC day and action, with the first and last time and the number of
+events of each, and per day for any action). Queries read the indexed part from those and
+the rest (normally one or two commits' worth) from the partition itself, so answers are
+exact at every moment.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collector.storage.plan import Fetch, Plan, Run
 
 DAILY_UPSERT = (
     " ON CONFLICT (day, action, user) DO UPDATE SET first_ms = min(first_ms, excluded.first_ms),"
-    " last_ms = max(last_ms, excluded.last_ms)"
+    " last_ms = max(last_ms, excluded.last_ms), events = events + excluded.events"
 )
 
 
@@ -60,9 +61,9 @@ def index_rows(state: PartitionState, rows: str, params: tuple[int, ...]) -> Pla
     )
     for action, group in (("action", "action, user"), (str(ANY_ACTION), "user")):
         yield Run(
-            "INSERT INTO daily_users (day, action, user, first_ms, last_ms)"
+            "INSERT INTO daily_users (day, action, user, first_ms, last_ms, events)"
             f" SELECT ts / {DAY_MS} AS d, {action}, user, min(ts) % {DAY_MS},"
-            f" max(ts) % {DAY_MS} FROM {name} WHERE {rows} AND user IS NOT NULL"
+            f" max(ts) % {DAY_MS}, count(*) FROM {name} WHERE {rows} AND user IS NOT NULL"
             f" GROUP BY d, {group}" + DAILY_UPSERT,
             params,
         )

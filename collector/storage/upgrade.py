@@ -43,6 +43,7 @@ CREATE TABLE daily_users (
     user     INTEGER NOT NULL,
     first_ms INTEGER NOT NULL,
     last_ms  INTEGER NOT NULL,
+    events   INTEGER NOT NULL,
     PRIMARY KEY (day, action, user)
 ) WITHOUT ROWID;
 CREATE TABLE hourly_counts_by_id (

@@ -116,20 +116,24 @@ class SqliteBackend:
     async def _top_actions(
         self, sources: Sequence[Source], filters: Sequence[Filter], window: Window, limit: int
     ) -> Result:
-        """Events per action from hourly_counts and distinct users from daily_users, joined
-        here: two short statements instead of one scan of the window's events."""
+        """Events per action from hourly_counts; then, for the `limit` most frequent,
+        distinct users from daily_users: short statements instead of a scan of the
+        window's events."""
         since, until = window.since, window.until
         events = await self.reader.fetch(
-            rollups.action_count_query(sources, filters, since, until, 1_000_000),
-            max_rows=1_000_000,
+            rollups.action_count_query(sources, filters, since, until, limit)
         )
+        top = [(action, n) for action, n in events.rows if n]
+        names = [action for action, _ in top]
+        ids = await self.reader.fetch(compiler.action_ids_query(names), max_rows=len(names) + 1)
         users = await self.reader.fetch(
-            rollups.users_by_action_query(sources, filters, since, until), max_rows=1_000_000
+            rollups.users_by_action_query(sources, filters, since, until, ids.rows),
+            max_rows=len(names) + 1,
         )
         distinct = dict(users.rows)
-        rows = [(action, n, distinct.get(action, 0)) for action, n in events.rows if n]
-        seconds = events.seconds + users.seconds
-        return Result(rows[:limit], False, seconds, ("action", "events", "users"))
+        rows = [(action, n, distinct.get(action, 0)) for action, n in top]
+        seconds = events.seconds + ids.seconds + users.seconds
+        return Result(rows, events.truncated, seconds, ("action", "events", "users"))
 
     async def events(
         self, filters: Sequence[Filter], window: Window, limit: int, *, descending: bool
@@ -145,23 +149,39 @@ class SqliteBackend:
         return await self.reader.fetch(timeline.summary_query(sources, user, others, window))
 
     async def user_events(self, filters: Sequence[Filter], window: Window, limit: int) -> Result:
-        """The user's newest events: their keys through the by-user tables, then the rows."""
+        """The user's newest events: their keys through the by-user tables, partition by
+        partition from the newest, until no older partition can hold a newer event; then
+        the rows."""
         user, others = split_user(filters)
         sources = await self.sources()
-        newest = await self.reader.fetch(
-            timeline.newest_query(sources, user, others, window, limit)
-        )
-        by_source: dict[int, list[tuple[int, int]]] = {}
-        for src, ts, event_id in newest.rows:
-            by_source.setdefault(src, []).append((ts, event_id))
-        rows: list[tuple[Any, ...]] = []
-        seconds = newest.seconds
-        for src, keys in by_source.items():
-            found = await self.reader.fetch(timeline.rows_query(sources[src], keys))
-            rows += found.rows
+        newest: list[tuple[int, int, int]] = []  # (ts, id, src)
+        seconds = 0.0
+        order = sorted(range(len(sources)), key=lambda i: -sources[i].max_ts)
+        # The newest partition alone first: enough for a heavy user; then all the others
+        # in one statement, or one by one while the user keeps filling the page.
+        steps: list[list[int]] = [order[:1], order[1:]]
+        while steps:
+            chosen = [src for src in steps.pop(0) if src is not None]
+            if not chosen:
+                continue
+            if len(newest) >= limit and newest[limit - 1][0] > sources[chosen[0]].max_ts:
+                break
+            if len(chosen) > 1 and len(newest) >= limit:
+                steps[:0] = [[src] for src in chosen]
+                continue
+            query = timeline.newest_query(sources, user, others, window, limit, only=chosen)
+            found = await self.reader.fetch(query)
             seconds += found.seconds
-        rows.sort(key=lambda row: (row[1], row[0]), reverse=True)
-        return Result(rows, newest.truncated, seconds, EVENT_COLUMNS)
+            newest = sorted(
+                [*newest, *((ts, event_id, s) for s, ts, event_id in found.rows)], reverse=True
+            )[:limit]
+        by_source: dict[int, list[tuple[int, int]]] = {}
+        for ts, event_id, src in newest:
+            by_source.setdefault(src, []).append((ts, event_id))
+        if not by_source:
+            return Result([], False, seconds, EVENT_COLUMNS)
+        found = await self.reader.fetch(timeline.rows_query(sources, by_source))
+        return Result(found.rows, False, seconds + found.seconds, EVENT_COLUMNS)
 
     async def users(
         self, filters: Sequence[Filter], window: Window, minimum: int, limit: int

@@ -131,7 +131,8 @@ def users_of(source: Source, filters: Sequence[Filter], window: Window) -> tuple
     """The dictionary ids of the users with a matching event."""
     where = filtered(source, filters, window.since, window.until)
     where.add(f"{source.user_key()} IS NOT NULL")
-    return select_rows(source, source.user_key(), where)
+    # DISTINCT here too: with one source the UNION around it has nothing to merge.
+    return select_rows(source, f"DISTINCT {source.user_key()}", where)
 
 
 def grouped_rows(
@@ -293,10 +294,10 @@ def count_by_id_query(
 
 
 CATALOG = Query(
-    "SELECT name, kind, day, min_ts, max_ts, min_id, max_id FROM partitions"
+    "SELECT name, kind, day, min_ts, max_ts, min_id, max_id, indexed_through FROM partitions"
     " WHERE dropped_at IS NULL AND rows > 0 ORDER BY coalesce(day, -1), name",
     (),
-    ("name", "kind", "day", "min_ts", "max_ts", "min_id", "max_id"),
+    ("name", "kind", "day", "min_ts", "max_ts", "min_id", "max_id", "indexed_through"),
 )
 
 
@@ -319,3 +320,10 @@ def quarantine_query(limit: int) -> Query:
         " FROM quarantine ORDER BY id DESC LIMIT ?"
     )
     return Query(sql, (limit,), ("id", "received_at", "source", "reason", "bytes", "raw_hex"))
+
+
+def action_ids_query(names: Sequence[str]) -> Query:
+    marks = ",".join("?" * len(names)) or "NULL"
+    return Query(
+        f"SELECT id, name FROM actions WHERE name IN ({marks})", tuple(names), ("id", "name")
+    )

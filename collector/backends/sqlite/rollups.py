@@ -157,46 +157,60 @@ def day_split(start: int, stop: int) -> tuple[int, int, int, int] | None:
     return first_day, start % DAY_MS, last_day, stop - last_day * DAY_MS
 
 
+# Up to this many days, the days' users are merged one day at a time (each day's rows come
+# ordered by user, so the merge needs no sort); past it the middle days are one range.
+MAX_MERGE_DAYS = 400
+
+
+def rollup_action(filters: Sequence[Filter], action: str | None) -> Where:
+    """Which daily_users rows count: one action (`action` is SQL giving its id), the
+    actions the filters allow, or the rows of any action (action 0)."""
+    if action is not None:
+        return Where().add(f"action = {action}")
+    if not filters:
+        return Where().add("action = ?", ANY_ACTION)
+    return action_ids(filters, "action").add("action != ?", ANY_ACTION)
+
+
+def day_arms(days: tuple[int, int, int, int], which: Where) -> tuple[list[str], list[Any]]:
+    """One arm per day of daily_users (the edge days limited by first and last time), or
+    the edge days and one range for the days between when there are many."""
+    first_day, first_at, last_day, last_until = days
+    condition = which.sql()
+    parts: list[str] = []
+    params: list[Any] = []
+    middle = range(first_day + 1, last_day)
+    edges = [(first_day, "last_ms >= ?", first_at), (last_day, "first_ms < ?", last_until)]
+    for day, edge, at in edges[: 1 if first_day == last_day else 2]:
+        parts.append(f"SELECT user FROM daily_users WHERE day = ? AND {edge} AND {condition}")
+        params += [day, at, *which.params]
+    if len(middle) > MAX_MERGE_DAYS:
+        parts.append(f"SELECT user FROM daily_users WHERE day > ? AND day < ? AND {condition}")
+        params += [first_day, last_day, *which.params]
+    else:
+        for day in middle:
+            parts.append(f"SELECT user FROM daily_users WHERE day = ? AND {condition}")
+            params += [day, *which.params]
+    return parts, params
+
+
 def users_union(
     sources: Sequence[Source],
     filters: Sequence[Filter],
     start: int,
     stop: int,
-    with_action: bool = False,
+    action: str | None = None,
 ) -> tuple[str, list[Any]]:
-    """A compound SELECT of the (action, user) ids (or user ids) with a matching event in
-    [start, stop): daily_users for what is indexed, the events for the rest. `filters` are
-    on the action only."""
-    columns = "action, user" if with_action else "user"
-    parts: list[str] = []
-    params: list[Any] = []
+    """A compound SELECT of the user ids with a matching event in [start, stop), ordered by
+    user: daily_users for what is indexed, the events for the rest. `filters` are on the
+    action only; `action` (SQL giving an action id) narrows to that action."""
     days = day_split(start, stop)
     if days is None:
-        raw = raw_users(sources, filters, start, stop, with_action=with_action, indexed_too=True)
-        return raw.union(
-            "UNION", f"SELECT {'NULL, ' if with_action else ''}NULL WHERE 0"
-        ), raw.params
-    first_day, first_at, last_day, last_until = days
-    rollup = (
-        action_ids(filters, "action")
-        if filters or with_action
-        else Where().add("action = ?", ANY_ACTION)
-    )
-    if with_action:
-        rollup.add("action != ?", ANY_ACTION)
-    condition = rollup.sql()
-    parts.append(
-        f"SELECT {columns} FROM daily_users WHERE day = ? AND last_ms >= ? AND {condition}"
-    )
-    params += [first_day, first_at, *rollup.params]
-    parts.append(f"SELECT {columns} FROM daily_users WHERE day > ? AND day < ? AND {condition}")
-    params += [first_day, last_day, *rollup.params]
-    parts.append(
-        f"SELECT {columns} FROM daily_users WHERE day = ? AND first_ms < ? AND {condition}"
-    )
-    params += [last_day, last_until, *rollup.params]
-    raw = raw_users(sources, filters, start, stop, with_action=with_action, indexed_too=False)
-    return " UNION ".join([*parts, *raw.sql]), [*params, *raw.params]
+        raw = raw_users(sources, filters, start, stop, action=action, indexed_too=True)
+        return raw.union("UNION", "SELECT NULL WHERE 0") + " ORDER BY 1", raw.params
+    parts, params = day_arms(days, rollup_action(filters, action))
+    raw = raw_users(sources, filters, start, stop, action=action, indexed_too=False)
+    return " UNION ".join([*parts, *raw.sql]) + " ORDER BY 1", [*params, *raw.params]
 
 
 def raw_users(
@@ -205,30 +219,45 @@ def raw_users(
     start: int,
     stop: int,
     *,
-    with_action: bool,
+    action: str | None,
     indexed_too: bool,
 ) -> Arms:
     """From the events: every matching row in [start, stop) when `indexed_too`, else only
-    the rows the indexer has not reached (and the legacy table, which it never indexes)."""
+    the rows the indexer has not reached (and the legacy table, which it never indexes);
+    of `action` only, when given."""
 
     def arm(source: Source) -> tuple[str, list[Any]]:
         where = filtered(source, filters, start, stop)
         key = source.user_key()
         where.add(f"{key} IS NOT NULL")
+        if action is not None:
+            where.add(f"{source.action_key()} = {action}")
         if not indexed_too:
             tail, tail_params = source.tail()
             where.add(tail, *tail_params)
-        columns = f"{source.action_key()}, {key}" if with_action else key
-        return f"SELECT {columns} FROM {source.rows()} WHERE {where.sql()}", where.params
+        return f"SELECT DISTINCT {key} FROM {source.rows()} WHERE {where.sql()}", where.params
 
-    return arms(in_window(sources, start, stop), arm)
+    chosen = in_window(sources, start, stop)
+    return arms(chosen if indexed_too else [s for s in chosen if s.has_tail], arm)
+
+
+def data_span(
+    sources: Sequence[Source], since: int | None, until: int | None
+) -> tuple[int, int]:
+    """[since, until) narrowed to the times the sources hold (an open end would otherwise
+    reach the year 9999 and its days)."""
+    start = 0 if since is None else since
+    stop = END_OF_TIME if until is None else max(until, start)
+    if sources:
+        start = max(start, min(s.min_ts for s in sources))
+        stop = min(stop, max(s.max_ts for s in sources) + 1)
+    return start, max(stop, start)
 
 
 def unique_query(
     sources: Sequence[Source], filters: Sequence[Filter], since: int | None, until: int | None
 ) -> Query:
-    start = 0 if since is None else since
-    stop = END_OF_TIME if until is None else max(until, start)
+    start, stop = data_span(sources, since, until)
     if start >= stop:
         return Query("SELECT 0", (), ("users",))
     union, params = users_union(sources, filters, start, stop)
@@ -236,19 +265,24 @@ def unique_query(
 
 
 def users_by_action_query(
-    sources: Sequence[Source], filters: Sequence[Filter], since: int | None, until: int | None
+    sources: Sequence[Source],
+    filters: Sequence[Filter],
+    since: int | None,
+    until: int | None,
+    actions: Sequence[tuple[int, str]],
 ) -> Query:
-    """(action name, distinct users) for every action with a matching event."""
-    start = 0 if since is None else since
-    stop = END_OF_TIME if until is None else max(until, start)
-    if start >= stop:
+    """(action, distinct users) for each of `actions` ((id, name) from the dictionary),
+    each merged day by day."""
+    start, stop = data_span(sources, since, until)
+    if start >= stop or not actions:
         return Query("SELECT NULL, 0 WHERE 0", (), ("action", "users"))
-    union, params = users_union(sources, filters, start, stop, with_action=True)
-    sql = (
-        f"SELECT a.name, count(*) FROM ({union}) t JOIN actions a ON a.id = t.action"
-        " GROUP BY a.name"
-    )
-    return Query(sql, tuple(params), ("action", "users"))
+    parts: list[str] = []
+    params: list[Any] = []
+    for action_id, name in actions:
+        union, union_params = users_union(sources, filters, start, stop, action=str(int(action_id)))
+        parts.append(f"SELECT ? AS action, (SELECT count(*) FROM ({union})) AS users")
+        params += [name, *union_params]
+    return Query(" UNION ALL ".join(parts), tuple(params), ("action", "users"))
 
 
 def bucket_users_query(

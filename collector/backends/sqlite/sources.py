@@ -46,6 +46,7 @@ class Source:
     max_ts: int
     min_id: int
     max_id: int
+    indexed_through: int  # as the catalog said when it was read
 
     @property
     def mapped(self) -> bool:
@@ -96,6 +97,12 @@ class Source:
             return f"{alias}.action"
         return f"(SELECT id FROM actions WHERE name = {alias}.action)"
 
+    @property
+    def has_tail(self) -> bool:
+        """Rows the indexer had not reached when the catalog was read (the legacy table
+        is all tail)."""
+        return not self.mapped or self.indexed_through < self.max_id
+
     def tail(self, alias: str = "p") -> tuple[str, list[Any]]:
         """Rows the indexer has not reached yet (none for legacy: it is read whole). The
         watermark is read in the same statement as the rows, so both come from one
@@ -111,12 +118,6 @@ class Source:
             f"{alias}.ts >= {first_ts} AND {alias}.id > {watermark}",
             [self.name, self.name, self.name],
         )
-
-
-CATALOG_SQL = (
-    "SELECT name, kind, day, min_ts, max_ts, min_id, max_id FROM partitions"
-    " WHERE dropped_at IS NULL AND rows > 0 ORDER BY coalesce(day, -1), name"
-)
 
 
 def sources_of(rows: Sequence[Sequence[Any]]) -> list[Source]:
