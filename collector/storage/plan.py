@@ -73,3 +73,22 @@ async def run_async(db: aiosqlite.Connection, plan: Plan[T]) -> T:
             result = (await db.executemany(step.sql, step.params)).rowcount
         else:
             result = (await db.execute(step.sql, step.params)).rowcount
+
+
+def started(plan: Plan[T]) -> tuple[Step | None, T | None]:
+    """The plan's first step, or (None, its result) when it needs no statement at all."""
+    try:
+        return next(plan), None
+    except StopIteration as done:
+        return None, done.value
+
+
+def resumed(first: Step, plan: Plan[T]) -> Plan[T]:
+    """The plan again, from its first step (already taken with `started`)."""
+    step = first
+    while True:
+        result = yield step
+        try:
+            step = plan.send(result)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]

@@ -31,7 +31,7 @@ from collector.storage import schema
 from collector.storage.background import Background
 from collector.storage.catalog import Catalog, load_catalog
 from collector.storage.commit import CLEAR_STAGING, STAGING_DDL, commit_plan
-from collector.storage.plan import Plan, run_async
+from collector.storage.plan import Plan, resumed, run_async, started
 
 T = TypeVar("T")
 
@@ -200,11 +200,15 @@ class Writer:
 
     async def _transaction(self, plan: Plan[T]) -> T:
         """Run `plan` in one BEGIN IMMEDIATE transaction. On failure the catalog is read
-        again: the plan may have changed it for what was rolled back."""
+        again: the plan may have changed it for what was rolled back. A plan with nothing
+        to do takes no lock."""
         db = self.db
+        first, done = started(plan)
+        if first is None:
+            return done  # type: ignore[return-value]
         await db.execute("BEGIN IMMEDIATE")
         try:
-            result = await run_async(db, plan)
+            result = await run_async(db, resumed(first, plan))
             await db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error, ValueError):
