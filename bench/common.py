@@ -140,11 +140,14 @@ def proc_status_kb(pid: int, field: str) -> int | None:
 
 
 class RssSampler:
-    """Samples a process's VmRSS in a thread and keeps the largest value seen."""
+    """Samples a process's VmRSS (and the size of a database's WAL file, when given) in a
+    thread and keeps the largest values seen."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, db: Path | None = None) -> None:
         self.pid = pid
+        self.wal = None if db is None else db.with_name(db.name + "-wal")
         self.max_kb = 0
+        self.max_wal_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -159,6 +162,9 @@ class RssSampler:
     def _run(self) -> None:
         while True:
             self.max_kb = max(self.max_kb, proc_status_kb(self.pid, "VmRSS") or 0)
+            if self.wal is not None:
+                with contextlib.suppress(OSError):
+                    self.max_wal_bytes = max(self.max_wal_bytes, self.wal.stat().st_size)
             if self._stop.wait(RSS_SAMPLE_SECONDS):
                 return
 

@@ -171,7 +171,7 @@ def measure(options: argparse.Namespace, daemon: DaemonProcess) -> dict[str, Any
     plans = sender_plans(options, daemon_port(daemon, options.mode))
     check_datagram_size(plans[0])
     kernel_before = udp_kernel_counters()
-    with RssSampler(pid) as sampler:
+    with RssSampler(pid, daemon.db) as sampler:
         results = run_senders(plans)
         senders_done = time.monotonic()
         probe = run_probe(options, daemon)
@@ -182,6 +182,7 @@ def measure(options: argparse.Namespace, daemon: DaemonProcess) -> dict[str, Any
         "settle_s": round(settle_seconds, 2),
         "peak_rss_kb": peak_kb,
         "max_sampled_rss_kb": sampler.max_kb,
+        "max_wal_bytes": sampler.max_wal_bytes,
         "exit_code": exit_code,
         "kernel_udp_delta": counter_delta(kernel_before, udp_kernel_counters()),
     }
@@ -306,6 +307,7 @@ def daemon_summary(stats: dict[str, Any], observed: dict[str, Any]) -> dict[str,
         **{name: stats.get(name) for name in picked},
         "peak_rss_mb": kb_to_mb(observed["peak_rss_kb"]),
         "max_sampled_rss_mb": kb_to_mb(observed["max_sampled_rss_kb"]),
+        "max_wal_mb": round(observed["max_wal_bytes"] / 1e6, 1),
         "settle_s": observed["settle_s"],
         "exit_code": observed["exit_code"],
         "kernel_udp_rcvbuf_errors": observed["kernel_udp_delta"].get("RcvbufErrors"),
@@ -366,6 +368,7 @@ def daemon_rows(daemon: dict[str, Any]) -> list[tuple[str, str]]:
         ("commit latency p50/p99/max", ms_triplet(daemon, *LATENCY_KEYS)),
         ("daemon peak RSS (VmHWM)", f"{daemon['peak_rss_mb']} MB"),
         ("daemon max sampled VmRSS", f"{daemon['max_sampled_rss_mb']} MB"),
+        ("largest WAL file sampled", f"{daemon['max_wal_mb']} MB"),
         ("db settled", f"{daemon['settle_s']} s after the senders finished"),
         ("daemon exit code", str(daemon["exit_code"])),
     ]
