@@ -11,7 +11,7 @@ each partition) from the events. A window within one UTC day is read from the ev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from collector.backends.sqlite.compiler import Arms, Query, arms, check_buckets
@@ -127,24 +127,39 @@ def edge_by_action(
     return arms(chosen, arm)
 
 
-def bucket_count_query(
-    sources: Sequence[Source],
-    filters: Sequence[Filter],
+def per_bucket(
     starts: Sequence[int],
     window: tuple[int, int],
-) -> Query:
-    """Events per time bucket, empty buckets included, each from the rollup and its edges;
-    the first and last calendar buckets are clipped to the window [since, until)."""
+    count: Callable[[int, int], Query],
+    name: str,
+) -> Query | None:
+    """(bucket start, n) per bucket, `count(start, stop)` giving each bucket's n; the first
+    and last calendar buckets are clipped to the window. None past MAX_ROLLUP_BUCKETS
+    buckets (each is a subquery of its own)."""
+    if len(starts) > MAX_ROLLUP_BUCKETS:
+        return None
     check_buckets(starts)
     bounds = [*starts[1:], window[1]]
     parts: list[str] = []
     params: list[Any] = []
     for index, (start, stop) in enumerate(zip(starts, bounds, strict=True)):
-        count = total_count_query(sources, filters, max(start, window[0]), stop)
-        parts.append(f"SELECT {index} AS i, ? AS start, ({count.sql}) AS n")
-        params += [start, *count.params]
+        query = count(max(start, window[0]), stop)
+        parts.append(f"SELECT {index} AS i, ? AS start, ({query.sql}) AS n")
+        params += [start, *query.params]
     sql = f"SELECT start, n FROM ({' UNION ALL '.join(parts)}) ORDER BY i"
-    return Query(sql, tuple(params), ("bucket", "events"))
+    return Query(sql, tuple(params), ("bucket", name))
+
+
+def bucket_count_query(
+    sources: Sequence[Source],
+    filters: Sequence[Filter],
+    starts: Sequence[int],
+    window: tuple[int, int],
+) -> Query | None:
+    """Events per time bucket, empty buckets included, each from the rollup and its edges."""
+    return per_bucket(
+        starts, window, lambda a, b: total_count_query(sources, filters, a, b), "events"
+    )
 
 
 def day_split(start: int, stop: int) -> tuple[int, int, int, int] | None:
@@ -241,9 +256,7 @@ def raw_users(
     return arms(chosen if indexed_too else [s for s in chosen if s.has_tail], arm)
 
 
-def data_span(
-    sources: Sequence[Source], since: int | None, until: int | None
-) -> tuple[int, int]:
+def data_span(sources: Sequence[Source], since: int | None, until: int | None) -> tuple[int, int]:
     """[since, until) narrowed to the times the sources hold (an open end would otherwise
     reach the year 9999 and its days)."""
     start = 0 if since is None else since
@@ -291,16 +304,5 @@ def bucket_users_query(
     starts: Sequence[int],
     window: tuple[int, int],
 ) -> Query | None:
-    """Distinct users per bucket from the rollups; None past MAX_ROLLUP_BUCKETS buckets."""
-    if len(starts) > MAX_ROLLUP_BUCKETS:
-        return None
-    check_buckets(starts)
-    bounds = [*starts[1:], window[1]]
-    parts: list[str] = []
-    params: list[Any] = []
-    for index, (start, stop) in enumerate(zip(starts, bounds, strict=True)):
-        count = unique_query(sources, filters, max(start, window[0]), stop)
-        parts.append(f"SELECT {index} AS i, ? AS start, ({count.sql}) AS n")
-        params += [start, *count.params]
-    sql = f"SELECT start, n FROM ({' UNION ALL '.join(parts)}) ORDER BY i"
-    return Query(sql, tuple(params), ("bucket", "users"))
+    """Distinct users per bucket from the rollups."""
+    return per_bucket(starts, window, lambda a, b: unique_query(sources, filters, a, b), "users")
