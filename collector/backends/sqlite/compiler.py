@@ -131,7 +131,8 @@ def users_of(source: Source, filters: Sequence[Filter], window: Window) -> tuple
     """The dictionary ids of the users with a matching event."""
     where = filtered(source, filters, window.since, window.until)
     where.add(f"{source.user_key()} IS NOT NULL")
-    return select_rows(source, source.user_key(), where)
+    # DISTINCT: with one arm there is no UNION to drop a user's repeated rows.
+    return select_rows(source, f"DISTINCT {source.user_key()}", where)
 
 
 def grouped_rows(

@@ -219,7 +219,8 @@ def raw_users(
             tail, tail_params = source.tail()
             where.add(tail, *tail_params)
         columns = f"{source.action_key()}, {key}" if with_action else key
-        return f"SELECT {columns} FROM {source.rows()} WHERE {where.sql()}", where.params
+        # DISTINCT: with one arm there is no UNION to drop a user's repeated rows.
+        return f"SELECT DISTINCT {columns} FROM {source.rows()} WHERE {where.sql()}", where.params
 
     return arms(in_window(sources, start, stop), arm)
 
