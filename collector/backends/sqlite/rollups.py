@@ -182,7 +182,8 @@ def users_union(
         if filters or with_action
         else Where().add("action = ?", ANY_ACTION)
     )
-    if with_action:
+    if filters or with_action:
+        # The rows of any action (0) match a negated filter's NOT IN: they are not actions.
         rollup.add("action != ?", ANY_ACTION)
     condition = rollup.sql()
     parts.append(
