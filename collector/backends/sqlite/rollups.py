@@ -29,7 +29,8 @@ from collector.storage.layout import ANY_ACTION
 
 # The end of year 9999, the latest event time the daemon accepts; a whole hour and day.
 END_OF_TIME = 253_402_300_800_000
-# Distinct users per bucket from the rollups up to this many buckets (each is a subquery).
+# Counts and distinct users per bucket from the rollups up to this many buckets (each is a
+# subquery, and a term of one compound SELECT).
 MAX_ROLLUP_BUCKETS = 400
 
 covers = only_actions
@@ -132,9 +133,13 @@ def bucket_count_query(
     filters: Sequence[Filter],
     starts: Sequence[int],
     window: tuple[int, int],
-) -> Query:
+) -> Query | None:
     """Events per time bucket, empty buckets included, each from the rollup and its edges;
-    the first and last calendar buckets are clipped to the window [since, until)."""
+    the first and last calendar buckets are clipped to the window [since, until). None
+    past MAX_ROLLUP_BUCKETS buckets: one term per bucket, and a compound SELECT may have
+    no more than 500."""
+    if len(starts) > MAX_ROLLUP_BUCKETS:
+        return None
     check_buckets(starts)
     bounds = [*starts[1:], window[1]]
     parts: list[str] = []
