@@ -178,9 +178,9 @@ def users_union(
     days = day_split(start, stop)
     if days is None:
         raw = raw_users(sources, filters, start, stop, with_action=with_action, indexed_too=True)
-        return raw.union(
-            "UNION", f"SELECT {'NULL, ' if with_action else ''}NULL WHERE 0"
-        ), raw.params
+        # Named: users_by_action_query reads t.action, also when no partition overlaps.
+        empty = f"SELECT {'NULL AS action, ' if with_action else ''}NULL AS user WHERE 0"
+        return raw.union("UNION", empty), raw.params
     first_day, first_at, last_day, last_until = days
     rollup = (
         action_ids(filters, "action")
