@@ -275,7 +275,9 @@ def test_bucket_counts_match_the_events(
     ]
     raw = compiler.bucket_query(listed, filters, starts, window, distinct_users=False)
     assert fetch(conn, raw) == events
-    assert fetch(conn, rollups.bucket_count_query(listed, filters, starts, window)) == events
+    rollup = rollups.bucket_count_query(listed, filters, starts, window)
+    assert rollup is not None
+    assert fetch(conn, rollup) == events
     raw_users = compiler.bucket_query(listed, filters, starts, window, distinct_users=True)
     assert fetch(conn, raw_users) == users
     rollup_users = rollups.bucket_users_query(listed, filters, starts, window)
@@ -394,3 +396,33 @@ def test_a_user_counts_once_when_one_partition_holds_the_window(
         expected = [("click", clicked), ("login", 2), ("signup", 2)]
         assert sorted(fetch(connection, by_action)) == expected
     connection.close()
+
+
+def test_past_the_rollup_bucket_limit_the_events_answer(conn: sqlite3.Connection) -> None:
+    """One term per bucket: past MAX_ROLLUP_BUCKETS the raw bucket query answers (a
+    compound SELECT may not have more than 500 terms)."""
+    listed = source_list(conn)
+    most = rollups.MAX_ROLLUP_BUCKETS
+    starts = [START + n * HOUR for n in range(most + 1)]
+    window = (START, starts[-1] + HOUR)
+    assert rollups.bucket_count_query(listed, [], starts, window) is None
+    assert rollups.bucket_users_query(listed, [], starts, window) is None
+    at_most = (START, starts[-2] + HOUR)
+    raw = compiler.bucket_query(listed, [], starts[:-1], at_most, distinct_users=False)
+    rollup = rollups.bucket_count_query(listed, [], starts[:-1], at_most)
+    assert rollup is not None
+    assert fetch(conn, rollup) == fetch(conn, raw)
+    assert sum(n for _, n in fetch(conn, raw)) == len(brute_force(stored_rows(conn), [], *at_most))
+
+
+@pytest.mark.parametrize("window", [(START + 20 * DAY, START + 20 * DAY + HOUR), (0, 5)])
+def test_a_window_that_no_partition_overlaps(
+    conn: sqlite3.Connection, window: tuple[int, int]
+) -> None:
+    listed = source_list(conn)
+    since, until = window
+    assert all(not source.overlaps(since, until) for source in listed)
+    assert fetch(conn, rollups.total_count_query(listed, [], since, until)) == [(0,)]
+    assert fetch(conn, rollups.action_count_query(listed, [], since, until, 10)) == []
+    assert fetch(conn, rollups.unique_query(listed, [], since, until)) == [(0,)]
+    assert fetch(conn, rollups.users_by_action_query(listed, [], since, until)) == []
