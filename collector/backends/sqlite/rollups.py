@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from collector.backends.sqlite.compiler import Arms, Query, arms, check_buckets
+from collector.backends.sqlite.compiler import Arms, Query, arms, check_buckets, compound
 from collector.backends.sqlite.sources import (
     Source,
     Where,
@@ -202,7 +202,7 @@ def users_union(
     )
     params += [last_day, last_until, *rollup.params]
     raw = raw_users(sources, filters, start, stop, with_action=with_action, indexed_too=False)
-    return " UNION ".join([*parts, *raw.sql]), [*params, *raw.params]
+    return compound([*parts, *raw.sql], "UNION"), [*params, *raw.params]
 
 
 def raw_users(
