@@ -224,7 +224,9 @@ def raw_users(
         if not indexed_too:
             tail, tail_params = source.tail()
             where.add(tail, *tail_params)
-        columns = f"{source.action_key()}, {key}" if with_action else key
+        # Named: users_by_action_query reads t.action, and the first arm names the columns
+        # (for the old table, the action is a subquery and the user pu.id).
+        columns = f"{source.action_key()} AS action, {key} AS user" if with_action else key
         # DISTINCT: with one arm there is no UNION to drop a user's repeated rows.
         return f"SELECT DISTINCT {columns} FROM {source.rows()} WHERE {where.sql()}", where.params
 
