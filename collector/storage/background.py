@@ -90,6 +90,8 @@ class Background:
             moved = await writer.transaction(move_step(writer.catalog, MOVE_CHUNK_IDS, now_ms()))
             self._report_move(moved)
             return True
+        if next_backlog(writer.catalog) is None:
+            return False  # no transaction (and no write lock) for nothing
         return bool(await writer.transaction(index_step(writer.catalog, INDEX_CHUNK_IDS))) or (
             next_backlog(writer.catalog) is not None
         )
