@@ -54,6 +54,9 @@ class Background:
         self.retention_due_at = 0.0
         self.moved = 0
         self.last_progress_log = 0.0
+        # A day was dropped: retention steps go on until none is left, the dedup ids of the
+        # dropped days included (expired() does not see those).
+        self.purging = False
 
     def pending(self) -> bool:
         catalog = self.writer.catalog
@@ -87,6 +90,8 @@ class Background:
             moved = await writer.transaction(move_step(writer.catalog, MOVE_CHUNK_IDS, now_ms()))
             self._report_move(moved)
             return True
+        if next_backlog(writer.catalog) is None:
+            return False  # no transaction (and no write lock) for nothing
         return bool(await writer.transaction(index_step(writer.catalog, INDEX_CHUNK_IDS))) or (
             next_backlog(writer.catalog) is not None
         )
@@ -96,10 +101,11 @@ class Background:
         if not days:
             return False
         cutoff = now_ms() // DAY_MS - days + 1
-        if not expired(self.writer.catalog, cutoff):
+        if not self.purging and not expired(self.writer.catalog, cutoff):
             return False
         dropped = await self.writer.transaction(retention_step(self.writer.catalog, cutoff))
-        if dropped:
+        self.purging = bool(dropped)
+        if dropped and dropped != "event_ids":
             log.info("retention dropped a day", partition=dropped, retention_days=days)
         return bool(dropped)
 

@@ -84,8 +84,13 @@ def load_catalog() -> Plan[Catalog]:
 
 
 def new_partition(partition: Partition, indexed_through: int) -> Run:
+    """The catalog row of a new partition; a day dropped by retention keeps its row, which
+    starts afresh when events of that day arrive again (late_after_days >= retention_days)."""
     return Run(
-        "INSERT INTO partitions (name, kind, day, indexed_through) VALUES (?, ?, ?, ?)",
+        "INSERT INTO partitions (name, kind, day, indexed_through) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET rows = 0, min_ts = NULL, max_ts = NULL,"
+        " min_id = NULL, max_id = NULL, indexed_through = excluded.indexed_through,"
+        " dropped_at = NULL",
         (partition.name, partition.kind, partition.day, indexed_through),
     )
 

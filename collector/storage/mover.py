@@ -32,7 +32,10 @@ def move_step(catalog: Catalog, max_ids: int, now_ms: int) -> Plan[int]:
         yield from finish(catalog)
         return 0
     low = legacy.min_id
-    high = low + max_ids
+    # Ids past the old table's are those of commits made since the upgrade, in the same
+    # partitions: the chunk ends at the last old id, so move_day indexes moved rows only.
+    last = legacy.max_id if legacy.max_id is not None else low
+    high = min(low + max_ids, last + 1)
     days = yield Fetch(CHUNK_BY_DAY, (low, high))
     last_day = now_ms // DAY_MS + DAYS_AHEAD
     targets = [

@@ -24,6 +24,9 @@ from collector.storage.layout import BLOCK_BITS
 
 # SQLite binds at most 32,766 parameters; two per bucket leaves room for the filters.
 MAX_BUCKETS = 10_000
+# SQLite refuses a compound SELECT of more than 500 terms; past this many, the terms are
+# grouped into subqueries (one or two arms per partition: a year and a half of days).
+MAX_COMPOUND_TERMS = 400
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,17 @@ class Arms:
     params: list[Any]
 
     def union(self, keyword: str, empty: str) -> str:
-        return f" {keyword} ".join(self.sql) if self.sql else empty
+        return compound(self.sql, keyword) if self.sql else empty
+
+
+def compound(terms: Sequence[str], keyword: str) -> str:
+    """The terms joined by `keyword` (UNION or UNION ALL), as one compound SELECT of at most
+    MAX_COMPOUND_TERMS terms: past that, each group of terms is a subquery of its own."""
+    if len(terms) <= MAX_COMPOUND_TERMS:
+        return f" {keyword} ".join(terms)
+    step = MAX_COMPOUND_TERMS
+    groups = [terms[first : first + step] for first in range(0, len(terms), step)]
+    return compound([f"SELECT * FROM ({compound(g, keyword)})" for g in groups], keyword)
 
 
 def arms(sources: Sequence[Source], build: Any) -> Arms:

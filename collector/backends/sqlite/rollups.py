@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from collector.backends.sqlite.compiler import Arms, Query, arms, check_buckets
+from collector.backends.sqlite.compiler import Arms, Query, arms, check_buckets, compound
 from collector.backends.sqlite.sources import (
     Source,
     Where,
@@ -29,7 +29,8 @@ from collector.storage.layout import ANY_ACTION
 
 # The end of year 9999, the latest event time the daemon accepts; a whole hour and day.
 END_OF_TIME = 253_402_300_800_000
-# Distinct users per bucket from the rollups up to this many buckets (each is a subquery).
+# Counts and distinct users per bucket from the rollups up to this many buckets (each is a
+# subquery, and a term of one compound SELECT).
 MAX_ROLLUP_BUCKETS = 400
 
 covers = only_actions
@@ -181,7 +182,7 @@ def rollup_action(filters: Sequence[Filter], action: str | None) -> Where:
     """Which daily_users rows count: one action (`action` is SQL giving its id), the
     actions the filters allow, or the rows of any action (action 0)."""
     if action is not None:
-        return Where().add(f"action = {action}")
+        return action_ids(filters, "action").add(f"action = {action}")
     if not filters:
         return Where().add("action = ?", ANY_ACTION)
     return action_ids(filters, "action").add("action != ?", ANY_ACTION)
@@ -189,7 +190,8 @@ def rollup_action(filters: Sequence[Filter], action: str | None) -> Where:
 
 def day_arms(days: tuple[int, int, int, int], which: Where) -> tuple[list[str], list[Any]]:
     """One arm per day of daily_users (the edge days limited by first and last time), or
-    the edge days and one range for the days between when there are many."""
+    the edge days and one range for the days between when there are many. Each arm is
+    DISTINCT: a user has a row per action, and a lone arm has no UNION to merge them."""
     first_day, first_at, last_day, last_until = days
     condition = which.sql()
     parts: list[str] = []
@@ -197,14 +199,14 @@ def day_arms(days: tuple[int, int, int, int], which: Where) -> tuple[list[str], 
     middle = range(first_day + 1, last_day)
     edges = [(first_day, "last_ms >= ?", first_at), (last_day, "first_ms < ?", last_until)]
     for day, edge, at in edges[: 1 if first_day == last_day else 2]:
-        parts.append(f"SELECT user FROM daily_users WHERE day = ? AND {edge} AND {condition}")
+        parts.append(f"SELECT DISTINCT user FROM daily_users WHERE day = ? AND {edge} AND {condition}")
         params += [day, at, *which.params]
     if len(middle) > MAX_MERGE_DAYS:
-        parts.append(f"SELECT user FROM daily_users WHERE day > ? AND day < ? AND {condition}")
+        parts.append(f"SELECT DISTINCT user FROM daily_users WHERE day > ? AND day < ? AND {condition}")
         params += [first_day, last_day, *which.params]
     else:
         for day in middle:
-            parts.append(f"SELECT user FROM daily_users WHERE day = ? AND {condition}")
+            parts.append(f"SELECT DISTINCT user FROM daily_users WHERE day = ? AND {condition}")
             params += [day, *which.params]
     return parts, params
 
@@ -225,7 +227,7 @@ def users_union(
         return raw.union("UNION", "SELECT NULL WHERE 0") + " ORDER BY 1", raw.params
     parts, params = day_arms(days, rollup_action(filters, action))
     raw = raw_users(sources, filters, start, stop, action=action, indexed_too=False)
-    return " UNION ".join([*parts, *raw.sql]) + " ORDER BY 1", [*params, *raw.params]
+    return compound([*parts, *raw.sql], "UNION") + " ORDER BY 1", [*params, *raw.params]
 
 
 def raw_users(
