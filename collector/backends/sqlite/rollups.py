@@ -194,19 +194,20 @@ def day_arms(days: tuple[int, int, int, int], which: Where) -> tuple[list[str], 
     DISTINCT: a user has a row per action, and a lone arm has no UNION to merge them."""
     first_day, first_at, last_day, last_until = days
     condition = which.sql()
+    rows = "SELECT DISTINCT user FROM daily_users WHERE"
     parts: list[str] = []
     params: list[Any] = []
     middle = range(first_day + 1, last_day)
     edges = [(first_day, "last_ms >= ?", first_at), (last_day, "first_ms < ?", last_until)]
     for day, edge, at in edges[: 1 if first_day == last_day else 2]:
-        parts.append(f"SELECT DISTINCT user FROM daily_users WHERE day = ? AND {edge} AND {condition}")
+        parts.append(f"{rows} day = ? AND {edge} AND {condition}")
         params += [day, at, *which.params]
     if len(middle) > MAX_MERGE_DAYS:
-        parts.append(f"SELECT DISTINCT user FROM daily_users WHERE day > ? AND day < ? AND {condition}")
+        parts.append(f"{rows} day > ? AND day < ? AND {condition}")
         params += [first_day, last_day, *which.params]
     else:
         for day in middle:
-            parts.append(f"SELECT DISTINCT user FROM daily_users WHERE day = ? AND {condition}")
+            parts.append(f"{rows} day = ? AND {condition}")
             params += [day, *which.params]
     return parts, params
 
