@@ -45,8 +45,7 @@ def measure(source: Path | None, rows: int, tomorrow: bool) -> dict[str, float]:
         at = now + DAY_MS if tomorrow else now
         settings = argparse.Namespace(seed=7, users=200_000, actions=50, days=1, events=rows)
         events = [
-            (at - 1000 + i // 100, at, *row[2:])
-            for i, row in enumerate(make_events(settings, now))
+            (at - 1000 + i // 100, at, *row[2:]) for i, row in enumerate(make_events(settings, now))
         ]
         started = time.perf_counter()
         for first in range(0, len(events), TRANSACTION_ROWS):
