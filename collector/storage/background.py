@@ -100,14 +100,16 @@ class Background:
         days = self.settings.retention_days
         if not days:
             return False
-        cutoff = now_ms() // DAY_MS - days + 1
+        today = now_ms() // DAY_MS
+        # Never a day that still takes events (late_after_days): it would come back.
+        cutoff = min(today - days + 1, today - self.settings.late_after_days)
         if not self.purging and not expired(self.writer.catalog, cutoff):
             return False
-        dropped = await self.writer.transaction(retention_step(self.writer.catalog, cutoff))
-        self.purging = bool(dropped)
-        if dropped and dropped != "event_ids":
-            log.info("retention dropped a day", partition=dropped, retention_days=days)
-        return bool(dropped)
+        done = await self.writer.transaction(retention_step(self.writer.catalog, cutoff))
+        self.purging = bool(done)
+        if done and done.startswith("retired "):
+            log.info("retention dropped a day", partition=done[8:], retention_days=days)
+        return bool(done)
 
     def _report_move(self, moved: int) -> None:
         self.moved += moved

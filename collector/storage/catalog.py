@@ -53,6 +53,9 @@ class PartitionState:
 @dataclass
 class Catalog:
     live: dict[str, PartitionState] = field(default_factory=dict)
+    # Dropped by retention (queries and the view no longer read them) with their tables
+    # still to be emptied and dropped, a step at a time; by catalog rows.
+    retired: dict[Partition, int] = field(default_factory=dict)
     next_id: int = 1
 
     def partitions(self) -> list[Partition]:
@@ -64,8 +67,8 @@ class Catalog:
 
 
 SELECT_CATALOG = (
-    "SELECT name, kind, day, rows, min_ts, max_ts, min_id, max_id, indexed_through, dropped_at"
-    " FROM partitions ORDER BY coalesce(day, -1), name"
+    "SELECT name, kind, day, rows, min_ts, max_ts, min_id, max_id, indexed_through,"
+    " dropped_at, purged_at FROM partitions ORDER BY coalesce(day, -1), name"
 )
 
 
@@ -73,12 +76,15 @@ def load_catalog() -> Plan[Catalog]:
     rows = yield Fetch(SELECT_CATALOG)
     catalog = Catalog()
     highest = 0
-    for name, kind, day, count, min_ts, max_ts, min_id, max_id, indexed, dropped in rows:
+    for name, kind, day, count, min_ts, max_ts, min_id, max_id, indexed, dropped, purged in rows:
         highest = max(highest, max_id or 0)
+        partition = Partition(name, kind, day)
         if dropped is None:
-            state = PartitionState(Partition(name, kind, day), count, min_ts, max_ts)
+            state = PartitionState(partition, count, min_ts, max_ts)
             state.min_id, state.max_id, state.indexed_through = min_id, max_id, indexed
             catalog.live[name] = state
+        elif purged is None:
+            catalog.retired[partition] = count
     catalog.next_id = highest + 1
     return catalog
 
@@ -90,7 +96,7 @@ def new_partition(partition: Partition, indexed_through: int) -> Run:
         "INSERT INTO partitions (name, kind, day, indexed_through) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (name) DO UPDATE SET rows = 0, min_ts = NULL, max_ts = NULL,"
         " min_id = NULL, max_id = NULL, indexed_through = excluded.indexed_through,"
-        " dropped_at = NULL",
+        " dropped_at = NULL, purged_at = NULL",
         (partition.name, partition.kind, partition.day, indexed_through),
     )
 

@@ -26,7 +26,8 @@ CREATE TABLE partitions (
     min_id          INTEGER,
     max_id          INTEGER,
     indexed_through INTEGER NOT NULL DEFAULT 0,
-    dropped_at      INTEGER
+    dropped_at      INTEGER,
+    purged_at       INTEGER
 );
 CREATE TABLE blocks (
     part    TEXT NOT NULL,

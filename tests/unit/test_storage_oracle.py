@@ -244,9 +244,11 @@ class Oracle:
             self.move(20_000, now)
 
     def retention_steps(self, cutoff_day: int) -> list[str]:
-        """What retention_step returns, call after call, until it returns None: each day
-        before the cutoff, oldest first; the late events left before the cutoff; the dedup
-        ids of the dropped events."""
+        """What retention_step returns, call after call, until it returns None (the steps
+        that clear daily_users, which depend on what was indexed, left out): each day
+        before the cutoff retired, oldest first; the late events left before the cutoff;
+        each retired day's two tables dropped and the day purged; the dedup ids of the
+        dropped events."""
         days = sorted(
             {
                 e.ts // DAY
@@ -254,11 +256,14 @@ class Oracle:
                 if e.home not in (LATE, LEGACY) and e.ts // DAY < cutoff_day
             }
         )
-        steps = [day_table(day) for day in days]
+        steps = [f"retired {day_table(day)}" for day in days]
         end = (days[-1] + 1) * DAY if days else 0
         cutoff = cutoff_day * DAY
         if any(e.home == LATE and end <= e.ts < cutoff for e in self.events.values()):
-            steps.append(LATE)
+            steps.append("late events")
+        for day in days:
+            table = day_table(day)
+            steps += [f"dropped {table}_by_user", f"dropped {table}", f"purged {table}"]
         if any(e.msg_id is not None and e.ts < cutoff for e in self.events.values()):
             steps.append("event_ids")
         return steps
@@ -397,6 +402,12 @@ def index_steps(writer: BulkWriter, steps: int, max_ids: int) -> None:
         writer.transaction(indexer.index_step(writer.catalog, max_ids))
 
 
+def purged_day(day: int) -> list[str]:
+    """The retention steps of one small day."""
+    table = day_table(day)
+    return [f"retired {table}", f"dropped {table}_by_user", f"dropped {table}", f"purged {table}"]
+
+
 def retain(writer: BulkWriter, oracle: Oracle, cutoff_day: int) -> tuple[list[str], list[str]]:
     """Retention to the end; what it dropped, step by step, and what the oracle expects."""
     expected = oracle.retention_steps(cutoff_day)
@@ -407,7 +418,9 @@ def retain(writer: BulkWriter, oracle: Oracle, cutoff_day: int) -> tuple[list[st
         done.append(dropped)
         assert len(done) <= 100
     oracle.retain(cutoff_day)
-    return done, expected
+    left = writer.conn.execute("SELECT count(*) FROM daily_users WHERE day < ?", (cutoff_day,))
+    assert left.fetchone() == (0,)
+    return [step for step in done if step != "daily_users"], expected
 
 
 FRESH_STAGES = ("tails", "part-way", "indexed", "retained", "retained-indexed")
@@ -1034,13 +1047,13 @@ def test_retention_drops_every_day_before_the_cutoff_and_only_those(
 ) -> None:
     (done, expected), *again = scenario.retention_runs
     assert done == expected
-    days = [name for name in done if name.startswith("events_2")]
+    days = [name.removeprefix("retired ") for name in done if name.startswith("retired ")]
     assert len(days) >= 3 and done[-1] == "event_ids"
     if again:
         # The second time, only late events (of the commit after the first) were left.
         [(second, second_expected)] = again
         assert second == second_expected
-        assert LATE in second
+        assert "late events" in second
         assert min(e.ts for e in scenario.events) >= CUTOFF_DAY * DAY
         left = (
             ("hourly_counts", "hour", CUTOFF_DAY * DAY),
@@ -1107,7 +1120,7 @@ async def test_a_dropped_day_comes_back_when_its_events_arrive_again(tmp_path: P
     store(writer, oracle, [(at(1, 5), at(1, 5), "u2", "view", 2, None, "b")], at(1, 6))
     writer.index()
     done, expected = retain(writer, oracle, FIRST_DAY + 1)
-    assert done == expected == [day_table(FIRST_DAY), "event_ids"]
+    assert done == expected == [*purged_day(FIRST_DAY), "event_ids"]
     again = [
         (at(0, 7), at(1, 7), "u3", "click", 3, None, "a"),
         (at(1, 8), at(1, 8), None, "buy", 4, None, "b"),
@@ -1127,7 +1140,7 @@ async def test_a_dropped_day_comes_back_when_its_events_arrive_again(tmp_path: P
         assert (await query.unique(backend, window=Window(at(0), at(2)), limit=10)).rows == [(2,)]
         assert (await query.top(backend, "action")).rows == [("click", 1, 1), ("view", 1, 1)]
         done, expected = retain(writer, oracle, FIRST_DAY + 1)
-        assert done == expected == [day_table(FIRST_DAY), "event_ids"]
+        assert done == expected == [*purged_day(FIRST_DAY), "event_ids"]
         assert (await query.count(backend, limit=10)).rows == [(1,)]
         assert (await query.events(backend)).rows == [e.row for e in oracle.events.values()]
     finally:
@@ -1197,11 +1210,13 @@ async def test_background_retention_drops_the_days_then_their_dedup_ids(
     before = sorted(oracle.events.values(), key=lambda e: e.id)
     dropped_id = next(e.msg_id for e in before if e.ts < cutoff_day * DAY)
     kept_id = next(e.msg_id for e in before if e.ts >= cutoff_day * DAY)
+    daily = conn.execute("SELECT count(*) FROM daily_users WHERE day < ?", (cutoff_day,))
+    clearing_daily_users = 1 if daily.fetchone()[0] else 0
     done = 0
     while await work.step():
         done += 1
         assert done <= 100
-    assert done == len(expected)
+    assert done == len(expected) + clearing_daily_users
     oracle.retain(cutoff_day)
     view = conn.execute("SELECT * FROM events ORDER BY id").fetchall()
     assert view == [e.view_row for e in sorted(oracle.events.values(), key=lambda e: e.id)]
