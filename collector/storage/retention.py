@@ -22,9 +22,9 @@ from collector.storage.layout import LATE, day_name
 from collector.storage.plan import Fetch, Plan, Run
 
 CHUNK = 20_000
-# A table of up to this many rows is dropped in one step (about 80 ms on the bench's
+# A table of up to this many rows is dropped in one step (about 25 ms on the bench's
 # machine); a larger one is emptied CHUNK rows at a time first.
-DROP_AT_ONCE_ROWS = 400_000
+DROP_AT_ONCE_ROWS = 100_000
 
 
 def expired(catalog: Catalog, cutoff_day: int) -> bool:
