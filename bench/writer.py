@@ -25,7 +25,7 @@ from bench.common import bulk_writer
 from collector.events import Row
 from collector.storage import schema
 from collector.storage.bulk import BulkWriter
-from collector.storage.commit import CLEAR_STAGING
+from collector.storage.commit import CLEAR_STAGING, with_known_ids
 
 Strategy = Callable[[BulkWriter, list[Row]], None]
 
@@ -33,7 +33,7 @@ Strategy = Callable[[BulkWriter, list[Row]], None]
 def one_row_executemany(writer: BulkWriter, rows: list[Row]) -> None:
     conn = writer.conn
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(schema.INSERT_EVENT, rows)
+    conn.executemany(schema.INSERT_EVENT, with_known_ids(writer.catalog, rows))
     conn.execute(CLEAR_STAGING)
     conn.execute("COMMIT")
 
@@ -41,7 +41,7 @@ def one_row_executemany(writer: BulkWriter, rows: list[Row]) -> None:
 def multi_row(writer: BulkWriter, rows: list[Row]) -> None:
     conn = writer.conn
     conn.execute("BEGIN IMMEDIATE")
-    for sql, params in schema.insert_plan(rows):
+    for sql, params in schema.insert_plan(with_known_ids(writer.catalog, rows)):
         conn.executemany(sql, params)
     conn.execute(CLEAR_STAGING)
     conn.execute("COMMIT")

@@ -4,8 +4,11 @@ upgraded database's old table into partitions, and index what was committed.
 Each step is one short transaction on the writer's connection. Steps run whenever the
 buffer is empty; while commits follow one another without a pause, a step still runs after
 a commit once the writer has spent four times that step's length on commits, so background
-work gets about a fifth of the writer under sustained load and never holds a commit back
-for longer than one step.
+work gets about a fifth of the writer under a burst and never holds a commit back for longer
+than one step. Once more than INDEX_BACKLOG_ROWS wait for the indexer, it gets half the
+writer: ingest slows to what commits and indexing together sustain (the buffer fills, TCP
+pauses, UDP sheds and counts) instead of leaving an ever longer unindexed tail for every
+query to scan.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import structlog
 from collector.clock import DAY_MS, now_ms
 from collector.settings import WriterSettings
 from collector.storage.catalog import Catalog
-from collector.storage.indexer import index_step, next_backlog
+from collector.storage.indexer import index_backlog, index_step, next_backlog
 from collector.storage.mover import move_step
 from collector.storage.plan import Plan
 from collector.storage.retention import expired, retention_step
@@ -29,6 +32,8 @@ log = structlog.get_logger("collector.writer")
 INDEX_CHUNK_IDS = 20_000
 MOVE_CHUNK_IDS = 20_000
 FOREGROUND_SHARE = 4  # commits may take this many times a step's length between steps
+BACKLOG_FOREGROUND_SHARE = 1  # the same once the index backlog is long
+INDEX_BACKLOG_ROWS = 1_000_000
 RETENTION_CHECK_SECONDS = 60.0
 PROGRESS_LOG_SECONDS = 5.0
 
@@ -68,7 +73,10 @@ class Background:
 
     def due_between_commits(self) -> bool:
         spent = self.clock() - self.last_step_end
-        return self.pending() and spent >= FOREGROUND_SHARE * self.last_step_seconds
+        share = FOREGROUND_SHARE
+        if index_backlog(self.writer.catalog) > INDEX_BACKLOG_ROWS:
+            share = BACKLOG_FOREGROUND_SHARE
+        return self.pending() and spent >= share * self.last_step_seconds
 
     async def step(self) -> bool:
         """Run one step; False when there was nothing to do."""

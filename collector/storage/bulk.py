@@ -14,7 +14,7 @@ from collector.storage.catalog import Catalog, load_catalog
 from collector.storage.commit import CLEAR_STAGING, STAGING_DDL, commit_plan
 from collector.storage.indexer import index_step, next_backlog
 from collector.storage.mover import move_step
-from collector.storage.plan import Plan, resumed, run_sync, started
+from collector.storage.plan import Plan, run_sync, transaction_sync
 
 T = TypeVar("T")
 
@@ -31,19 +31,12 @@ class BulkWriter:
         self.catalog: Catalog = run_sync(conn, load_catalog())
 
     def transaction(self, plan: Plan[T]) -> T:
-        first, done = started(plan)
-        if first is None:
-            return done  # type: ignore[return-value]
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            result = run_sync(self.conn, resumed(first, plan))
-            self.conn.execute("COMMIT")
+            return transaction_sync(self.conn, plan)
         except BaseException:
-            self.conn.execute("ROLLBACK")
             self.conn.execute(CLEAR_STAGING)
             self.catalog = run_sync(self.conn, load_catalog())
             raise
-        return result
 
     def store(self, rows: Sequence[Row], at_ms: int | None = None) -> int:
         """Store rows as one commit made at `at_ms` (now by default); return how many were

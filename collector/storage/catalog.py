@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from collector.storage.layout import LATE, LEGACY, Partition, day_partition
+from collector.storage.names import ACTION_NAMES, USER_NAMES, Names
 from collector.storage.plan import Fetch, Plan, Run
 
 
@@ -57,6 +58,13 @@ class Catalog:
     # still to be emptied and dropped, a step at a time; by catalog rows.
     retired: dict[Partition, int] = field(default_factory=dict)
     next_id: int = 1
+    users: Names = field(default_factory=lambda: Names(USER_NAMES))
+    actions: Names = field(default_factory=lambda: Names(ACTION_NAMES))
+
+    def forget_names(self) -> None:
+        """After a failed transaction: ids learned in it may have been rolled back."""
+        self.users.ids.clear()
+        self.actions.ids.clear()
 
     def partitions(self) -> list[Partition]:
         return [state.partition for state in self.live.values()]

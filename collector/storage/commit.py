@@ -10,7 +10,8 @@ catalog are brought up to date. The by-user tables and `daily_users` are the ind
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field
+from typing import TypeVar
 
 from collector.buffer import QuarantineRow
 from collector.clock import DAY_MS, HOUR_MS
@@ -35,9 +36,12 @@ from collector.storage.plan import Fetch, Plan, Run, RunMany
 
 STAGING_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS staging (ts INTEGER NOT NULL, received_at INTEGER NOT NULL,"
-    " user_id TEXT, action TEXT NOT NULL, value, extra TEXT, msg_id TEXT)"
+    " user_id TEXT, action TEXT NOT NULL, value, extra TEXT, msg_id TEXT, user INTEGER,"
+    " action_id INTEGER)"
 )
 CLEAR_STAGING = "DELETE FROM staging"
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +66,15 @@ def commit_plan(
     total = sum(len(run) for run in runs)
     base = catalog.next_id - 1  # staging rowid n becomes event id base + n
     for run in runs:
-        for sql, params in schema.insert_plan(run):
+        for sql, params in schema.insert_plan(with_known_ids(catalog, run)):
             yield RunMany(sql, params)
     deduplicated = False
     if total and (yield Fetch("SELECT 1 FROM staging WHERE msg_id IS NOT NULL LIMIT 1")):
         deduplicated = True
         yield from drop_duplicates(catalog)
     if total:
-        yield from learn_names()
+        yield from learn_names(catalog)
         yield from route(catalog, base, now_ms, late_after_days)
-        yield Run(HOURLY_ROLLUP)
     stored = [len(run) for run in runs]
     if deduplicated:
         stored = yield from count_stored(runs)
@@ -104,36 +107,118 @@ def drop_duplicates(catalog: Catalog) -> Plan[None]:
     )
 
 
-def learn_names() -> Plan[None]:
-    yield Run("INSERT OR IGNORE INTO actions (name) SELECT DISTINCT action FROM staging")
+def with_known_ids(catalog: Catalog, run: Sequence[Row]) -> list[tuple[object, ...]]:
+    """Staging rows: each row with the ids of its user and action when the writer has them
+    in memory."""
+    user_id, action_id = catalog.users.ids.get, catalog.actions.ids.get
+    return [(*row, user_id(row[2]), action_id(row[3])) for row in run]  # type: ignore[arg-type]
+
+
+def learn_names(catalog: Catalog) -> Plan[None]:
+    """Names not known in memory: added to their dictionary if new, their ids put in
+    staging and learned."""
+    yield Run(
+        "INSERT OR IGNORE INTO actions (name) SELECT DISTINCT action FROM staging"
+        " WHERE action_id IS NULL"
+    )
+    learned = yield Fetch(
+        "UPDATE staging SET action_id = (SELECT id FROM actions WHERE name = staging.action)"
+        " WHERE action_id IS NULL RETURNING action, action_id"
+    )
+    catalog.actions.learn(learned)
     yield Run(
         "INSERT OR IGNORE INTO users (name) SELECT DISTINCT user_id FROM staging"
-        " WHERE user_id IS NOT NULL"
+        " WHERE user IS NULL AND user_id IS NOT NULL"
     )
+    learned = yield Fetch(
+        "UPDATE staging SET user = (SELECT id FROM users WHERE name = staging.user_id)"
+        " WHERE user IS NULL AND user_id IS NOT NULL RETURNING user_id, user"
+    )
+    catalog.users.learn(learned)
 
 
-ROUTE_QUERY = (
-    "SELECT ts / ? AS day, count(*), min(ts), max(ts), min(rowid), max(rowid)"
-    " FROM staging GROUP BY day"
+# One pass over the staged rows for everything a commit keeps count of: the hourly rollup
+# (hour, action), the id -> time map (block) and each partition's extent (day, from hour).
+GROUPS_QUERY = (
+    f"SELECT ts - ts % {HOUR_MS}, action_id, (? + rowid) >> {BLOCK_BITS}, count(*), min(ts),"
+    " max(ts), min(rowid), max(rowid) FROM staging GROUP BY 1, 2, 3"
 )
+HOURLY_UPSERT = (
+    "INSERT INTO hourly_counts (hour, action, events) VALUES (?, ?, ?)"
+    " ON CONFLICT (hour, action) DO UPDATE SET events = events + excluded.events"
+)
+BLOCKS_UPSERT = (
+    "INSERT INTO blocks (part, block, min_ts, max_ts) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (part, block) DO UPDATE SET min_ts = min(min_ts, excluded.min_ts),"
+    " max_ts = max(max_ts, excluded.max_ts)"
+)
+
+
+@dataclass(slots=True)
+class Extent:
+    """Rows, times and ids (min, max) of a part of a commit."""
+
+    rows: int
+    min_ts: int
+    max_ts: int
+    low: int
+    high: int
+
+    def widen(self, rows: int, min_ts: int, max_ts: int, low: int, high: int) -> None:
+        self.rows += rows
+        self.min_ts, self.max_ts = min(self.min_ts, min_ts), max(self.max_ts, max_ts)
+        self.low, self.high = min(self.low, low), max(self.high, high)
+
+
+def merge(into: dict[K, Extent], key: K, row: Sequence[int]) -> None:
+    if key in into:
+        into[key].widen(*row)
+    else:
+        into[key] = Extent(*row)
+
+
+@dataclass(slots=True)
+class Summary:
+    """A commit's rows counted by (hour, action), by day and by (day, id block)."""
+
+    hourly: dict[tuple[int, int], int] = field(default_factory=dict)
+    days: dict[int, Extent] = field(default_factory=dict)
+    blocks: dict[tuple[int, int], Extent] = field(default_factory=dict)
+
+    def add(self, hour: int, action: int, block: int, extent: Sequence[int]) -> None:
+        self.hourly[hour, action] = self.hourly.get((hour, action), 0) + extent[0]
+        merge(self.days, hour // DAY_MS, extent)
+        merge(self.blocks, (hour // DAY_MS, block), extent)
+
+    def blocks_of(self, part: str, days: list[int]) -> list[tuple[str, int, int, int]]:
+        """Rows of `blocks` for the commit's rows of these days, stored in `part`."""
+        extents: dict[int, Extent] = {}
+        for (day, block), extent in self.blocks.items():
+            if day in days:
+                merge(extents, block, astuple(extent))
+        return [(part, block, e.min_ts, e.max_ts) for block, e in extents.items()]
 
 
 def route(catalog: Catalog, base: int, now_ms: int, late_after_days: int) -> Plan[None]:
     """Each row to the partition of its day while that day is near today (late_after_days
-    before it, one after), else to events_late."""
+    before it, one after), else to events_late; then the hourly rollup and the blocks."""
     today = now_ms // DAY_MS
     hot = (today - late_after_days, today + 1)
-    days = yield Fetch(ROUTE_QUERY, (DAY_MS,))
-    targets: dict[str, tuple[Target, list[tuple[int, int, int, int, int]]]] = {}
-    for day, count, min_ts, max_ts, low, high in days:
+    summary = Summary()
+    for hour, action, block, *extent in (yield Fetch(GROUPS_QUERY, (base,))):
+        summary.add(hour, action, block, extent)
+    targets: dict[str, tuple[Target, list[int]]] = {}
+    for day in sorted(summary.days):
         target = day_target(day) if hot[0] <= day <= hot[1] else late_target(hot)
-        entry = targets.setdefault(target.partition.name, (target, []))
-        entry[1].append((count, min_ts, max_ts, base + low, base + high))
+        targets.setdefault(target.partition.name, (target, []))[1].append(day)
     created = [t.partition for t, _ in targets.values() if t.partition.name not in catalog.live]
     if created:
         yield from create_partitions(catalog, created)
-    for target, parts in targets.values():
-        yield from insert_into(catalog.live[target.partition.name], target, base, parts)
+    for name, (target, days) in targets.items():
+        extents = [summary.days[day] for day in days]
+        yield from insert_into(catalog.live[name], target, base, extents)
+        yield RunMany(BLOCKS_UPSERT, summary.blocks_of(name, days))
+    yield RunMany(HOURLY_UPSERT, [(*key, events) for key, events in summary.hourly.items()])
 
 
 def day_target(day: int) -> Target:
@@ -165,36 +250,18 @@ def rebuild_view(catalog: Catalog) -> Plan[None]:
 
 
 def insert_into(
-    state: PartitionState,
-    target: Target,
-    base: int,
-    parts: list[tuple[int, int, int, int, int]],
+    state: PartitionState, target: Target, base: int, extents: list[Extent]
 ) -> Plan[None]:
-    name = state.partition.name
     yield Run(
-        f"INSERT INTO {name} (ts, id, received_after, user, action, value, extra, msg_id)"
-        " SELECT s.ts, ? + s.rowid, s.received_at - s.ts, u.id, a.id, s.value, s.extra,"
-        " s.msg_id FROM staging s LEFT JOIN users u ON u.name = s.user_id"
-        f" JOIN actions a ON a.name = s.action WHERE {target.condition.format(t='s.')}",
+        f"INSERT INTO {state.partition.name}"
+        " (ts, id, received_after, user, action, value, extra, msg_id)"
+        " SELECT ts, ? + rowid, received_at - ts, user, action_id, value, extra, msg_id"
+        f" FROM staging WHERE {target.condition.format(t='')}",
         (base, *target.params),
     )
-    yield Run(
-        f"INSERT INTO blocks (part, block, min_ts, max_ts) SELECT ?, (? + rowid) >> {BLOCK_BITS},"
-        f" min(ts), max(ts) FROM staging WHERE {target.condition.format(t='')} GROUP BY 2"
-        " ON CONFLICT (part, block) DO UPDATE SET min_ts = min(min_ts, excluded.min_ts),"
-        " max_ts = max(max_ts, excluded.max_ts)",
-        (name, base, *target.params),
-    )
-    for count, min_ts, max_ts, low, high in parts:
-        state.add(count, min_ts, max_ts, low, high)
+    for e in extents:
+        state.add(e.rows, e.min_ts, e.max_ts, base + e.low, base + e.high)
     yield state.saved()
-
-
-HOURLY_ROLLUP = (
-    f"INSERT INTO hourly_counts (hour, action, events) SELECT s.ts - s.ts % {HOUR_MS}, a.id,"
-    " count(*) FROM staging s JOIN actions a ON a.name = s.action GROUP BY 1, 2"
-    " ON CONFLICT (hour, action) DO UPDATE SET events = events + excluded.events"
-)
 
 
 def count_stored(runs: Sequence[Sequence[Row]]) -> Plan[list[int]]:

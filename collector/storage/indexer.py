@@ -28,6 +28,15 @@ def next_backlog(catalog: Catalog) -> PartitionState | None:
     return min(waiting, key=lambda state: state.indexed_through, default=None)
 
 
+def index_backlog(catalog: Catalog) -> int:
+    """Ids committed and not yet indexed, over every partition."""
+    return sum(
+        state.max_id - state.indexed_through
+        for state in catalog.live.values()
+        if state.backlog and state.max_id is not None
+    )
+
+
 def index_step(catalog: Catalog, max_ids: int) -> Plan[int]:
     """Index the next chunk of at most `max_ids` ids of one partition; return how many
     rows were indexed (0 when nothing waits)."""

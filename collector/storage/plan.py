@@ -92,3 +92,34 @@ def resumed(first: Step, plan: Plan[T]) -> Plan[T]:
             step = plan.send(result)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+
+def transaction_sync(conn: sqlite3.Connection, plan: Plan[T]) -> T:
+    """`plan` in one BEGIN IMMEDIATE transaction, rolled back on any error; a plan that
+    needs no statement takes no lock."""
+    first, done = started(plan)
+    if first is None:
+        return done  # type: ignore[return-value]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = run_sync(conn, resumed(first, plan))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+async def transaction_async(db: aiosqlite.Connection, plan: Plan[T]) -> T:
+    """`plan` as one transaction on aiosqlite's own thread, in one call.
+
+    aiosqlite hands each statement to its thread and waits for the event loop to take the
+    result; under load each hand-off waits for the loop's GIL slice, so a commit of a dozen
+    statements spent most of its time waiting (docs/performance.md). This runs the whole
+    transaction in one hand-off, through aiosqlite's `_execute` and `_conn`: private, but
+    unchanged since aiosqlite 0.17; tests/unit/test_plan.py fails if they go.
+    """
+    return await db._execute(  # type: ignore[no-untyped-call,no-any-return]
+        lambda: transaction_sync(db._conn, plan)
+    )

@@ -78,6 +78,9 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 
 EVENT_COLUMNS = ("ts", "received_at", "user_id", "action", "value", "extra", "msg_id")
+# A row in the commit's staging table: the event and the dictionary ids of its user and
+# action when the writer knows them (NULL for SQLite to look up).
+STAGING_COLUMNS = (*EVENT_COLUMNS, "user", "action_id")
 # Rows per INSERT statement, largest first. Python's sqlite3 releases the GIL around every
 # statement step, and under load each release costs a wait for the event loop thread to
 # hand the GIL back; a multi-row INSERT makes that one wait per few hundred rows instead of
@@ -87,8 +90,8 @@ INSERT_CHUNK_SIZES = (500, 50, 5, 1)
 
 @functools.cache
 def insert_events_sql(rows: int) -> str:
-    values = ",".join(["(" + ",".join("?" * len(EVENT_COLUMNS)) + ")"] * rows)
-    return f"INSERT INTO staging ({', '.join(EVENT_COLUMNS)}) VALUES {values}"
+    values = ",".join(["(" + ",".join("?" * len(STAGING_COLUMNS)) + ")"] * rows)
+    return f"INSERT INTO staging ({', '.join(STAGING_COLUMNS)}) VALUES {values}"
 
 
 INSERT_EVENT = insert_events_sql(1)

@@ -31,7 +31,7 @@ from collector.storage import schema
 from collector.storage.background import Background
 from collector.storage.catalog import Catalog, load_catalog
 from collector.storage.commit import CLEAR_STAGING, STAGING_DDL, commit_plan
-from collector.storage.plan import Plan, resumed, run_async, started
+from collector.storage.plan import Plan, run_async, transaction_async
 
 T = TypeVar("T")
 
@@ -203,21 +203,14 @@ class Writer:
         again: the plan may have changed it for what was rolled back. A plan with nothing
         to do takes no lock."""
         db = self.db
-        first, done = started(plan)
-        if first is None:
-            return done  # type: ignore[return-value]
-        await db.execute("BEGIN IMMEDIATE")
         try:
-            result = await run_async(db, resumed(first, plan))
-            await db.execute("COMMIT")
+            return await transaction_async(db, plan)
         except BaseException:
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await db.execute("ROLLBACK")
+            self.catalog.forget_names()
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await db.execute(CLEAR_STAGING)
                 self.catalog = await run_async(db, load_catalog())
             raise
-        return result
 
     def _committed(
         self,

@@ -11,9 +11,11 @@ import pytest
 from collector.storage import schema
 from collector.storage.commit import STAGING_DDL
 
+ROW = "(" + ",".join("?" * len(schema.STAGING_COLUMNS)) + ")"
+
 
 def make_rows(count: int) -> list[tuple[object, ...]]:
-    return [(i, i, f"u{i}", "act", i, None, None) for i in range(count)]
+    return [(i, i, f"u{i}", "act", i, None, None, None, None) for i in range(count)]
 
 
 @pytest.mark.parametrize(
@@ -29,10 +31,10 @@ def make_rows(count: int) -> list[tuple[object, ...]]:
 )
 def test_plan_uses_the_largest_chunks_first(count: int, sizes: list[tuple[int, int]]) -> None:
     plan = schema.insert_plan(make_rows(count))
-    assert [(sql.count("(?,?,?,?,?,?,?)"), len(params)) for sql, params in plan] == sizes
+    assert [(sql.count(ROW), len(params)) for sql, params in plan] == sizes
     for sql, params in plan:
-        rows_per_statement = sql.count("(?,?,?,?,?,?,?)")
-        assert all(len(p) == 7 * rows_per_statement for p in params)
+        rows_per_statement = sql.count(ROW)
+        assert all(len(p) == len(schema.STAGING_COLUMNS) * rows_per_statement for p in params)
 
 
 def test_plan_inserts_every_row_once_in_order(tmp_path: Path) -> None:
