@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import islice
 
-USER_NAMES = 100_000  # about 12 MB of short ids (docs/performance.md)
+USER_NAMES = 100_000  # about 13 MB of ids like "user-1234567" (docs/performance.md)
 ACTION_NAMES = 10_000
 
 

@@ -10,6 +10,10 @@ every query can name users by id at once.
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Callable
+
+import structlog
 
 from collector.storage.layout import LEGACY, YEAR_VIEWS, Partition, view_ddl
 
@@ -62,17 +66,43 @@ ALTER TABLE hourly_counts_by_id RENAME TO hourly_counts;
 """
 
 
+log = structlog.get_logger("collector.storage")
+
+PROGRESS_LOG_SECONDS = 5.0
+PROGRESS_CHECK_STEPS = 1_000_000  # SQLite VM steps between two looks at the clock
+
+
+def progress_logger(what: str, clock: Callable[[], float] = time.monotonic) -> Callable[[], int]:
+    """A progress handler for a long statement: a log line every few seconds."""
+    started = last = clock()
+
+    def report() -> int:
+        nonlocal last
+        now = clock()
+        if now - last >= PROGRESS_LOG_SECONDS:
+            last = now
+            log.info("upgrade in progress", step=what, seconds=round(now - started))
+        return 0  # go on
+
+    return report
+
+
 def to_partitions(conn: sqlite3.Connection) -> None:
     (has_rows,) = conn.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()
     partitions: list[Partition] = []
     if not has_rows:
         conn.execute("DROP TABLE events")
     else:
+        log.info("upgrade started: events move to day partitions, users are named first")
         conn.execute(f"ALTER TABLE events RENAME TO {LEGACY}")
-        conn.execute(
-            "INSERT OR IGNORE INTO users (name) SELECT DISTINCT user_id FROM"
-            f" {LEGACY} WHERE user_id IS NOT NULL"
-        )
+        conn.set_progress_handler(progress_logger("naming users"), PROGRESS_CHECK_STEPS)
+        try:
+            conn.execute(
+                "INSERT OR IGNORE INTO users (name) SELECT DISTINCT user_id FROM"
+                f" {LEGACY} WHERE user_id IS NOT NULL"
+            )
+        finally:
+            conn.set_progress_handler(None, 0)
         conn.execute(
             "INSERT INTO partitions (name, kind, rows, min_ts, max_ts, min_id, max_id)"
             f" SELECT ?, 'legacy', count(*), min(ts), max(ts), min(id), max(id) FROM {LEGACY}",

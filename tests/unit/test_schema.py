@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from collector.storage import schema
 from collector.storage.bulk import BulkWriter
 from collector.storage.schema import Migration
+from collector.storage.upgrade import progress_logger
 
 
 @pytest.fixture
@@ -251,4 +253,16 @@ def test_split_statements_keeps_a_trigger_body_whole() -> None:
     assert schema.split_statements(script) == [
         "CREATE TABLE t (x)",
         "CREATE TRIGGER g AFTER INSERT ON t BEGIN SELECT 1; SELECT 2; END",
+    ]
+
+
+def test_a_long_upgrade_statement_logs_its_progress_every_few_seconds() -> None:
+    now = [100.0]
+    report = progress_logger("naming users", clock=lambda: now[0])
+    with capture_logs() as logs:
+        for now[0] in (101.0, 104.5, 105.0, 109.0, 110.0, 112.5):
+            assert report() == 0  # never interrupts the statement
+    assert [(r["event"], r["step"], r["seconds"]) for r in logs] == [
+        ("upgrade in progress", "naming users", 5),
+        ("upgrade in progress", "naming users", 10),
     ]

@@ -157,9 +157,9 @@ class SqliteBackend:
         newest: list[tuple[int, int, int]] = []  # (ts, id, src)
         seconds = 0.0
         order = sorted(range(len(sources)), key=lambda i: -sources[i].max_ts)
-        # The newest partition alone first: enough for a heavy user; then all the others
-        # in one statement, or one by one while the user keeps filling the page.
-        steps: list[list[int]] = [order[:1], order[1:]]
+        # The newest partition alone first (enough for a heavy user), then twice as many
+        # each time, while the page is not full; once it is, one at a time.
+        steps = [order[(1 << n) - 1 : (1 << (n + 1)) - 1] for n in range(len(order).bit_length())]
         while steps:
             chosen = [src for src in steps.pop(0) if src is not None]
             if not chosen:

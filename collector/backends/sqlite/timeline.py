@@ -23,6 +23,7 @@ from collector.backends.sqlite.sources import (
 )
 from collector.clock import DAY_MS
 from collector.query.model import ALL_TIME, EVENT_COLUMNS, Filter, Window
+from collector.storage.layout import ANY_ACTION
 
 USER_ID = "(SELECT id FROM users WHERE name = ?)"
 
@@ -38,10 +39,28 @@ def actions_seen(source: Source) -> tuple[str, list[Any]]:
     ]
 
 
+def user_actions(source: Source, user: str) -> tuple[str, list[Any]]:
+    """The action ids under which a partition's by-user table can hold the user's events.
+
+    For a day, those the user has in daily_users that day, looked up only when the user's
+    any-action row says the user was active at all: one seek for a day without the user
+    instead of one per action. The indexer writes both tables in one transaction and this
+    is part of the statement that reads the by-user table, so it is never narrower than
+    what that statement sees."""
+    if source.day is None:
+        return actions_seen(source)
+    sql = (
+        f"SELECT d.action FROM daily_users z JOIN daily_users d ON d.day = z.day"
+        f" AND d.user = z.user WHERE z.day = {int(source.day)} AND z.action = {ANY_ACTION}"
+        f" AND z.user = {USER_ID} AND d.action IN (SELECT id FROM actions)"
+    )
+    return sql, [user]
+
+
 def indexed_arm(
     index: int, source: Source, user: str, filters: Sequence[Filter], window: Window
 ) -> tuple[str, list[Any]]:
-    actions, action_params = actions_seen(source)
+    actions, action_params = user_actions(source, user)
     if only_actions(filters):
         # The by-user table holds all it needs: no row of the partition is read.
         where = time_where(window.since, window.until, "b")
@@ -170,11 +189,13 @@ def rollup_summary_query(sources: Sequence[Source], user: str, filters: Sequence
     actions = Where()
     for flt in filters:
         add_dictionary_filter(actions, flt, "d")
+    # The user's any-action rows first: the days without the user cost one seek each.
     parts = [
         f"SELECT d.day * {DAY_MS} + d.first_ms AS f, d.day * {DAY_MS} + d.last_ms AS l,"
-        " d.events AS n, d.action AS a FROM daily_users d"
-        f" WHERE d.day IN ({day_list}) AND d.action IN (SELECT id FROM actions)"
-        f" AND d.user = {USER_ID} AND {actions.sql()}"
+        " d.events AS n, d.action AS a FROM daily_users z JOIN daily_users d"
+        f" ON d.day = z.day AND d.user = z.user WHERE z.day IN ({day_list})"
+        f" AND z.action = {ANY_ACTION} AND z.user = {USER_ID}"
+        f" AND d.action IN (SELECT id FROM actions) AND {actions.sql()}"
     ]
     params: list[Any] = [user, *actions.params]
     for index, source in enumerate(sources):
