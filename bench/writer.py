@@ -1,6 +1,7 @@
 """Insert strategies of the writer, alone and next to a busy Python thread.
 
     python -m bench.writer [--rows 100000] [--batch 5000] [--switch-interval-ms 5] [--ids]
+    python -m bench.writer --statements [--rows 1000000] [--batch 2000]
 
 Compares binding the rows into the commit's staging table with `executemany` of a one-row
 INSERT and with the writer's multi-row statements (`schema.insert_plan`), and the writer's
@@ -8,6 +9,10 @@ whole commit (`storage.commit.commit_plan`: staging, dedup, dictionaries, the pa
 hourly rollup), in transactions of --batch rows on a fresh database. "busy" runs a second
 thread that spins in Python, as the event loop does under load: it shows what each GIL
 release inside sqlite3 costs the inserting thread.
+
+--statements instead times every statement of the whole commit, and then of the indexer
+taking the same rows into the by-user table and daily_users, and prints each one's
+microseconds per row, largest first.
 """
 
 from __future__ import annotations
@@ -18,14 +23,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import bulk_writer
 from collector.events import Row
 from collector.storage import schema
+from collector.storage.background import INDEX_CHUNK_IDS
 from collector.storage.bulk import BulkWriter
-from collector.storage.commit import CLEAR_STAGING, with_known_ids
+from collector.storage.commit import CLEAR_STAGING, commit_plan, with_known_ids
+from collector.storage.indexer import index_step, next_backlog
+from collector.storage.plan import Fetch, Plan, RunMany
 
 Strategy = Callable[[BulkWriter, list[Row]], None]
 
@@ -94,6 +103,46 @@ def spin(stop: threading.Event) -> None:
         count += 1
 
 
+def timed_transaction(
+    conn: sqlite3.Connection, plan: Plan[object], times: defaultdict[str, float]
+) -> None:
+    """The plan in one transaction, each statement's time added to `times` by its text."""
+    conn.execute("BEGIN IMMEDIATE")
+    result: object = None
+    while True:
+        try:
+            step = plan.send(result)
+        except StopIteration:
+            break
+        started = time.perf_counter()
+        if isinstance(step, Fetch):
+            result = conn.execute(step.sql, step.params).fetchall()
+        elif isinstance(step, RunMany):
+            result = conn.executemany(step.sql, step.params).rowcount
+        else:
+            result = conn.execute(step.sql, step.params).rowcount
+        times[step.sql[:72]] += time.perf_counter() - started
+    conn.execute("COMMIT")
+
+
+def statement_profile(args: argparse.Namespace) -> None:
+    path = Path(tempfile.mkdtemp(prefix="collector-bench-")) / "events.db"
+    writer = bulk_writer(path)
+    commit_times: defaultdict[str, float] = defaultdict(float)  # seconds, by statement
+    for first in range(0, args.rows, args.batch):
+        rows = make_rows(first, args.batch, args.ids)
+        plan = commit_plan(writer.catalog, [rows], [], rows[-1][0], 1)
+        timed_transaction(writer.conn, plan, commit_times)
+    index_times: defaultdict[str, float] = defaultdict(float)
+    while next_backlog(writer.catalog) is not None:
+        timed_transaction(writer.conn, index_step(writer.catalog, INDEX_CHUNK_IDS), index_times)
+    for title, times in (("commit", commit_times), ("indexer", index_times)):
+        total = sum(times.values())
+        print(f"{title}: {total / args.rows * 1e6:.2f} us/row in SQLite")
+        for sql, seconds in sorted(times.items(), key=lambda item: -item[1])[:8]:
+            print(f"  {seconds / args.rows * 1e6:6.3f} us/row  {sql}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -103,7 +152,13 @@ def main() -> None:
     parser.add_argument(
         "--max-seconds", type=float, default=15.0, help="stop a run after this long"
     )
+    parser.add_argument(
+        "--statements", action="store_true", help="time each statement of a commit and the indexer"
+    )
     args = parser.parse_args()
+    if args.statements:
+        statement_profile(args)
+        return
     sys.setswitchinterval(args.switch_interval_ms / 1000)
     strategies: dict[str, Strategy] = {
         "executemany, one row per statement": one_row_executemany,
